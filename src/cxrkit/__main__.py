@@ -1,0 +1,3 @@
+from cxrkit.cli import main
+
+main()

@@ -1,0 +1,297 @@
+"""The ``cxrkit`` command line: a thin layer that parses, calls library functions and prints.
+
+A user's mistake (:class:`~cxrkit.errors.CxrkitError`) is printed as one line on stderr with exit
+code 1; usage errors exit 2 (typer's convention). Nothing here holds logic the library lacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from cxrkit import __version__
+from cxrkit.errors import CxrkitError
+
+app = typer.Typer(
+    name="cxrkit",
+    help="Thoracic disease detection on chest X-rays: index → labels → splits → train → evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"cxrkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logs.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+# ---- index ---------------------------------------------------------------------------------------
+
+@app.command("index")
+def index_cmd(
+    dataset: Annotated[str, typer.Argument(help="chexpert, nih, mimic or generic.")],
+    root: Annotated[Path, typer.Argument(help="The dataset folder (generic: the CSV file).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The index file to write.")] = Path("index.parquet"),
+    check_images: Annotated[
+        bool, typer.Option("--check-images/--no-check-images", help="Check that every image exists.")
+    ] = True,
+    drop_missing: Annotated[
+        bool, typer.Option("--drop-missing", help="Drop rows whose image is missing instead of failing.")
+    ] = False,
+    labeler: Annotated[str, typer.Option(help="mimic: chexpert or negbio labels.")] = "chexpert",
+    path_col: Annotated[str, typer.Option(help="generic: the image path column.")] = "path",
+    labels: Annotated[
+        Optional[str], typer.Option(help="generic: label columns, 'COL' or 'COL=Finding', comma-separated.")
+    ] = None,
+    patient_col: Annotated[Optional[str], typer.Option(help="generic: patient id column.")] = None,
+    study_col: Annotated[Optional[str], typer.Option(help="generic: study id column.")] = None,
+    view_col: Annotated[Optional[str], typer.Option(help="generic: view column (frontal/lateral/AP/PA).")] = None,
+    sex_col: Annotated[Optional[str], typer.Option(help="generic: sex column.")] = None,
+    age_col: Annotated[Optional[str], typer.Option(help="generic: age column.")] = None,
+    image_root: Annotated[
+        Optional[Path], typer.Option(help="generic: folder the paths are relative to (default: the CSV's).")
+    ] = None,
+    allow_new_findings: Annotated[
+        bool, typer.Option("--allow-new-findings", help="generic: keep label names that are not known findings.")
+    ] = False,
+) -> None:
+    """Index a dataset: one row per image, raw 1/0/-1/blank labels under canonical finding names."""
+    from cxrkit.datasets import build_index
+    from cxrkit.index import write_index
+
+    options: dict = {}
+    if dataset == "mimic":
+        options["labeler"] = labeler
+    if dataset == "generic":
+        options.update(path_col=path_col, labels=labels, patient_col=patient_col, study_col=study_col,
+                       view_col=view_col, sex_col=sex_col, age_col=age_col, image_root=image_root,
+                       allow_new_findings=allow_new_findings)
+    index = build_index(dataset, root, check_images=check_images, drop_missing=drop_missing, **options)
+    write_index(index, out)
+    f = index.frame
+    console.print(
+        f"[green]wrote[/green] {out}: {len(f):,} images, {f['patient_id'].nunique():,} patients, "
+        f"{f['study_id'].nunique():,} studies, {int((f['view'] == 'frontal').sum()):,} frontal, "
+        f"{len(index.findings)} findings"
+        + (f", {len(index.boxes):,} boxes" if len(index.boxes) else "")
+        + ("" if index.meta["images_checked"] else " (images not checked)")
+        + (f"; {index.meta['missing_dropped']:,} rows with missing images dropped" if index.meta["missing_dropped"] else "")
+    )
+
+
+# ---- labels --------------------------------------------------------------------------------------
+
+def _policy(
+    policy: str | None,
+    uncertain: str | None,
+    uncertain_for: str | None,
+    blank: str | None,
+    hierarchy: str | None,
+    views: str | None,
+    findings: str | None,
+    no_finding: str | None,
+    seed: int | None,
+):
+    from cxrkit.labels import LabelPolicy
+
+    base = LabelPolicy.from_spec(policy).to_dict()
+    given = {"uncertain": uncertain, "blank": blank, "hierarchy": hierarchy, "views": views,
+             "findings": findings, "no_finding": no_finding, "seed": seed}
+    base.update({k: v for k, v in given.items() if v is not None})
+    if uncertain_for:
+        per = dict(base.get("uncertain_per_finding") or {})
+        for item in uncertain_for.split(","):
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip() or not value.strip():
+                raise CxrkitError(
+                    f"--uncertain-for takes FINDING=POLICY pairs, e.g. 'Atelectasis=ones,Edema=ones'; got '{item}'."
+                )
+            from cxrkit.findings import canonical_name
+
+            per[canonical_name(name.strip())] = value.strip()
+        base["uncertain_per_finding"] = per
+    return LabelPolicy.from_dict(base)
+
+
+PolicyOpt = Annotated[
+    Optional[str], typer.Option("--policy", "-p", help="Preset (default, thesis, u-zeros, ...) or a policy YAML file.")
+]
+UncertainOpt = Annotated[
+    Optional[str], typer.Option(help="-1 labels: ones, zeros, ignore, multiclass, smooth_ones, smooth_zeros.")
+]
+UncertainForOpt = Annotated[
+    Optional[str], typer.Option(help="Per-finding overrides, e.g. 'Atelectasis=ones,Edema=ones'.")
+]
+BlankOpt = Annotated[Optional[str], typer.Option(help="Blank labels: zero or ignore.")]
+HierarchyOpt = Annotated[Optional[str], typer.Option(help="positive (the thesis), propagate or none.")]
+ViewsOpt = Annotated[Optional[str], typer.Option(help="all, frontal, lateral, ap or pa.")]
+FindingsOpt = Annotated[
+    Optional[str], typer.Option(help="all, competition, chexpert, nih, or comma-separated names.")
+]
+NoFindingOpt = Annotated[Optional[str], typer.Option(help="'No Finding': dataset or derive.")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="Seed of smoothed uncertain labels.")]
+
+
+def _print_label_table(table, title: str) -> None:
+    t = Table(title=title, title_justify="left")
+    for col, justify in (("finding", "left"), ("positive", "right"), ("negative", "right"),
+                         ("uncertain", "right"), ("blank", "right"), ("masked", "right"),
+                         ("neg:pos", "right")):
+        t.add_column(col, justify=justify)
+    for r in table.itertuples(index=False):
+        ratio = "—" if r.neg_pos_ratio == float("inf") else f"{r.neg_pos_ratio:.2f}"
+        t.add_row(r.finding, f"{r.positive:,}", f"{r.negative:,}", f"{r.uncertain:,}",
+                  f"{r.blank:,}", f"{r.masked:,}", ratio)
+    console.print(t)
+
+
+@app.command("labels")
+def labels_cmd(
+    index: Annotated[Path, typer.Argument(help="An index.parquet written by `cxrkit index`.")],
+    policy: PolicyOpt = None,
+    uncertain: UncertainOpt = None,
+    uncertain_for: UncertainForOpt = None,
+    blank: BlankOpt = None,
+    hierarchy: HierarchyOpt = None,
+    views: ViewsOpt = None,
+    findings: FindingsOpt = None,
+    no_finding: NoFindingOpt = None,
+    seed: SeedOpt = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the table as JSON.")] = None,
+    save_policy: Annotated[Optional[Path], typer.Option(help="Write the resolved policy as YAML.")] = None,
+) -> None:
+    """Apply a label policy and print per finding: positives, negatives, uncertain, blank, masked, neg:pos."""
+    from cxrkit.fileio import write_text_atomic
+    from cxrkit.index import read_index
+    from cxrkit.labels import label_table
+
+    pol = _policy(policy, uncertain, uncertain_for, blank, hierarchy, views, findings, no_finding, seed)
+    ix = read_index(index)
+    targets = pol.apply(ix.frame, ix.findings)
+    table = label_table(ix.frame, targets)
+    _print_label_table(
+        table,
+        f"{ix.meta.get('dataset')}: {len(targets.rows):,} of {len(ix):,} images (views={pol.views}); "
+        f"uncertain={pol.uncertain}"
+        + (f" {pol.uncertain_per_finding}" if pol.uncertain_per_finding else "")
+        + f", blank={pol.blank}, hierarchy={pol.hierarchy}",
+    )
+    if json_out:
+        payload = {"policy": pol.to_dict(), "images": len(targets.rows), "table": table.to_dict(orient="records")}
+        write_text_atomic(json_out, json.dumps(payload, indent=2, default=str))
+    if save_policy:
+        write_text_atomic(save_policy, pol.to_yaml())
+
+
+def _progress():
+    """One progress-bar style for every long command: bar, count, images/s, ETA."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                               TimeRemainingColumn)
+    from rich.text import Text
+
+    class _Rate(ProgressColumn):
+        def render(self, task):  # noqa: D102
+            return Text(f"{task.speed:,.0f} img/s" if task.speed else "", style="progress.data.speed")
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
+                    TimeRemainingColumn(), console=err_console, transient=True)
+
+
+# ---- synth ---------------------------------------------------------------------------------------
+
+@app.command("synth")
+def synth_cmd(
+    layout: Annotated[str, typer.Option(help="chexpert, nih or mimic.")] = "chexpert",
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 1000,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed: same settings, same bytes.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("synthetic"),
+    workers: Annotated[Optional[int], typer.Option(help="Processes (default: all cores).")] = None,
+) -> None:
+    """Write a synthetic chest X-ray dataset in a real dataset's on-disk layout, with planted findings."""
+    from cxrkit.datasets.synthetic import generate
+
+    with _progress() as bar:
+        task = bar.add_task("synth", total=n)
+        folder = generate(layout, out, n=n, size=size, seed=seed, workers=workers,
+                          progress=lambda k: bar.advance(task, k))
+    console.print(f"[green]wrote[/green] {n:,} synthetic {layout} images ({size} px) to {folder}")
+    console.print(f"next: cxrkit index {layout} {folder} --out index.parquet")
+
+
+# ---- demo ----------------------------------------------------------------------------------------
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Working folder.")] = Path("cxrkit-demo"),
+    n: Annotated[int, typer.Option("--n", help="Synthetic images.")] = 600,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    dataset: Annotated[
+        Optional[Path], typer.Option(help="Use this CheXpert folder instead of synthetic data.")
+    ] = None,
+) -> None:
+    """Run the pipeline end to end: synthetic data (or --dataset) → index → label tables."""
+    from cxrkit.datasets import build_index
+    from cxrkit.datasets.synthetic import generate
+    from cxrkit.index import write_index
+    from cxrkit.labels import PRESETS, label_table
+
+    out.mkdir(parents=True, exist_ok=True)
+    if dataset is None:
+        console.rule("1. synthetic CheXpert-layout data")
+        folder = generate("chexpert", out / "data", n=n, size=size, seed=seed)
+        console.print(f"{n:,} images ({size} px) in {folder}")
+    else:
+        folder = dataset
+    console.rule("2. index")
+    index = build_index("chexpert", folder)
+    write_index(index, out / "index.parquet")
+    f = index.frame
+    console.print(f"{out / 'index.parquet'}: {len(f):,} images, {f['patient_id'].nunique():,} patients, "
+                  f"{int((f['view'] == 'frontal').sum()):,} frontal")
+    console.rule("3. labels")
+    for name in ("default", "chexpert-competition"):
+        pol = PRESETS[name]
+        targets = pol.apply(f, index.findings)
+        _print_label_table(label_table(f, targets), f"policy '{name}': {len(targets.rows):,} images")
+    console.print("[dim]training, evaluation and the report join the demo in later releases.[/dim]")
+
+
+def main() -> None:
+    """Console-script entry point: user mistakes become one line and exit code 1."""
+    try:
+        app()
+    except CxrkitError as e:
+        err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
