@@ -50,7 +50,9 @@ def test_policy_truth_table(uncertain, blank):
     assert t.y.dtype == np.float32 and t.mask.dtype == bool
 
 
-@pytest.mark.parametrize(("policy", "lo", "hi"), [("smooth_ones", 0.55, 0.85), ("smooth_zeros", 0.0, 0.3)])
+@pytest.mark.parametrize(
+    ("policy", "lo", "hi"), [("smooth_ones", 0.55, 0.85), ("smooth_zeros", 0.0, 0.3)]
+)
 def test_smoothed_uncertain_labels_in_range_and_seeded(policy, lo, hi):
     raw = [-1.0] * 500 + [1.0, 0.0]
     frame = make_index({"Edema": raw})
@@ -66,17 +68,22 @@ def test_smoothed_uncertain_labels_in_range_and_seeded(policy, lo, hi):
 
 def test_per_finding_uncertain_override():
     frame = make_index({"Atelectasis": [-1.0], "Edema": [-1.0], "Cardiomegaly": [-1.0]})
-    pol = LabelPolicy(uncertain="zeros", uncertain_per_finding={"Atelectasis": "ones", "Edema": "ignore"},
-                      hierarchy="none")
+    pol = LabelPolicy(
+        uncertain="zeros",
+        uncertain_per_finding={"Atelectasis": "ones", "Edema": "ignore"},
+        hierarchy="none",
+    )
     t = pol.apply(frame)
-    got = dict(zip(t.findings, zip(t.y[0].tolist(), t.mask[0].tolist())))
+    got = dict(zip(t.findings, zip(t.y[0].tolist(), t.mask[0].tolist(), strict=False), strict=False))
     assert got["Atelectasis"] == (1.0, True)
     assert got["Edema"] == (0.0, False)
     assert got["Cardiomegaly"] == (0.0, True)
 
 
 def test_policy_from_dict_accepts_uncertain_mapping_and_roundtrips():
-    pol = LabelPolicy.from_dict({"uncertain": {"default": "zeros", "Edema": "ones"}, "views": "frontal"})
+    pol = LabelPolicy.from_dict(
+        {"uncertain": {"default": "zeros", "Edema": "ones"}, "views": "frontal"}
+    )
     assert pol.uncertain == "zeros" and pol.uncertain_per_finding == {"Edema": "ones"}
     assert LabelPolicy.from_dict(pol.to_dict()) == pol
 
@@ -96,8 +103,10 @@ def test_hierarchy_positive_is_transitive_and_uses_uncertain_children():
 
 
 def test_hierarchy_propagate_keeps_uncertainty():
-    raw = {"Edema": np.array([1, -1, -1, -1], np.float32),
-           "Lung Opacity": np.array([0, 0, NAN, 1], np.float32)}
+    raw = {
+        "Edema": np.array([1, -1, -1, -1], np.float32),
+        "Lung Opacity": np.array([0, 0, NAN, 1], np.float32),
+    }
     apply_hierarchy(raw, "propagate")
     np.testing.assert_array_equal(raw["Lung Opacity"], [1, -1, -1, 1])
 
@@ -115,29 +124,42 @@ def test_hierarchy_none_changes_nothing_and_missing_parent_stays_masked():
 def test_absent_finding_is_masked_never_negative():
     frame = make_index({"Cardiomegaly": [1.0, 0.0, 0.0]})
     t = LabelPolicy(findings="competition").apply(frame)
-    assert t.findings == ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+    assert t.findings == [
+        "Atelectasis",
+        "Cardiomegaly",
+        "Consolidation",
+        "Edema",
+        "Pleural Effusion",
+    ]
     j = t.findings.index("Cardiomegaly")
     for k, f in enumerate(t.findings):
         assert t.mask[:, k].all() == (f == "Cardiomegaly")
     assert t.y[:, j].tolist() == [1, 0, 0]
 
 
-@pytest.mark.parametrize(("views", "kept"), [("all", [0, 1, 2, 3]), ("frontal", [0, 1]), ("lateral", [2]),
-                                             ("ap", [0]), ("pa", [1])])
+@pytest.mark.parametrize(
+    ("views", "kept"),
+    [("all", [0, 1, 2, 3]), ("frontal", [0, 1]), ("lateral", [2]), ("ap", [0]), ("pa", [1])],
+)
 def test_views(views, kept):
-    frame = make_index({"Edema": [1, 0, 1, 0]}, view=["frontal", "frontal", "lateral", pd.NA],
-                       projection=["AP", "PA", pd.NA, pd.NA])
+    frame = make_index(
+        {"Edema": [1, 0, 1, 0]},
+        view=["frontal", "frontal", "lateral", pd.NA],
+        projection=["AP", "PA", pd.NA, pd.NA],
+    )
     t = LabelPolicy(views=views).apply(frame)
     assert t.rows.tolist() == kept
     assert t.y.shape == (len(kept), 1)
 
 
 def test_no_finding_derived():
-    frame = make_index({
-        "No Finding": [1.0, 1.0, NAN, NAN],
-        "Edema": [1.0, 0.0, 0.0, NAN],
-        "Support Devices": [1.0, 1.0, 1.0, 1.0],
-    })
+    frame = make_index(
+        {
+            "No Finding": [1.0, 1.0, NAN, NAN],
+            "Edema": [1.0, 0.0, 0.0, NAN],
+            "Support Devices": [1.0, 1.0, 1.0, 1.0],
+        }
+    )
     dataset = LabelPolicy(blank="ignore").apply(frame)
     derived = LabelPolicy(blank="ignore", no_finding="derive").apply(frame)
     j = derived.findings.index("No Finding")
@@ -168,8 +190,39 @@ def test_canonical_names_and_sets():
     assert canonical_name("Effusion") == "Pleural Effusion"
     assert canonical_name("pleural_thickening") == "Pleural Thickening"
     assert canonical_name("Infiltrate") == "Infiltration"
-    assert resolve_findings("competition", []) == ["Atelectasis", "Cardiomegaly", "Consolidation",
-                                                   "Edema", "Pleural Effusion"]
+    assert resolve_findings("competition", []) == [
+        "Atelectasis",
+        "Cardiomegaly",
+        "Consolidation",
+        "Edema",
+        "Pleural Effusion",
+    ]
     assert resolve_findings("Edema, effusion", []) == ["Edema", "Pleural Effusion"]
     with pytest.raises(CxrkitError, match="did you mean"):
         canonical_name("Pneumothorx")
+
+
+def test_policy_files_in_configs_match_presets():
+    from pathlib import Path
+
+    from cxrkit.labels import PRESETS
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "policies"
+    files = sorted(folder.glob("*.yaml"))
+    assert files
+    for path in files:
+        assert LabelPolicy.from_yaml(path) == PRESETS[path.stem], path.name
+
+
+def test_policy_yaml_errors(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("uncertain: [ones\n")
+    with pytest.raises(CxrkitError, match="not valid YAML"):
+        LabelPolicy.from_yaml(bad)
+    bad.write_text("uncertan: ones\n")
+    with pytest.raises(CxrkitError, match="did you mean 'uncertain'"):
+        LabelPolicy.from_yaml(bad)
+    with pytest.raises(CxrkitError, match="does not exist"):
+        LabelPolicy.from_yaml(tmp_path / "missing.yaml")
+    with pytest.raises(CxrkitError, match="did you mean 'thesis'"):
+        LabelPolicy.from_spec("thesys")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 from collections import Counter
 from pathlib import Path
 
@@ -50,8 +49,12 @@ def test_chexpert_train_full_scale(chexpert_train):
     for finding in CHEXPERT_FINDINGS:
         want = Counter(r[finding] for r in raw)
         col = f[finding].to_numpy()
-        got = {"1.0": int((col == 1).sum()), "0.0": int((col == 0).sum()),
-               "-1.0": int((col == -1).sum()), "": int(np.isnan(col).sum())}
+        got = {
+            "1.0": int((col == 1).sum()),
+            "0.0": int((col == 0).sum()),
+            "-1.0": int((col == -1).sum()),
+            "": int(np.isnan(col).sum()),
+        }
         assert got == {k: want.get(k, 0) for k in got}, finding
         assert sum(got.values()) == len(raw)
 
@@ -79,9 +82,16 @@ def test_chexpert_valid(shared_data: Path, tmp_path: Path):
 @pytest.fixture(scope="module")
 def nih(shared_data: Path, tmp_path_factory):
     root = tmp_path_factory.mktemp("nih")
-    for name in ("Data_Entry_2017_v2020.csv.gz", "BBox_List_2017.csv.gz", "train_val_list.txt", "test_list.txt"):
+    for name in (
+        "Data_Entry_2017_v2020.csv.gz",
+        "BBox_List_2017.csv.gz",
+        "train_val_list.txt",
+        "test_list.txt",
+    ):
         _link(shared_data / "labels/nih" / name, root)
-    return build_index("nih", root, check_images=False), _raw_rows(root / "Data_Entry_2017_v2020.csv.gz")
+    return build_index("nih", root, check_images=False), _raw_rows(
+        root / "Data_Entry_2017_v2020.csv.gz"
+    )
 
 
 def test_nih_full_scale(nih):

@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -54,32 +54,44 @@ def _main(
 
 # ---- index ---------------------------------------------------------------------------------------
 
+
 @app.command("index")
 def index_cmd(
     dataset: Annotated[str, typer.Argument(help="chexpert, nih, mimic or generic.")],
     root: Annotated[Path, typer.Argument(help="The dataset folder (generic: the CSV file).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The index file to write.")] = Path("index.parquet"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="The index file to write.")] = Path(
+        "index.parquet"
+    ),
     check_images: Annotated[
-        bool, typer.Option("--check-images/--no-check-images", help="Check that every image exists.")
+        bool,
+        typer.Option("--check-images/--no-check-images", help="Check that every image exists."),
     ] = True,
     drop_missing: Annotated[
-        bool, typer.Option("--drop-missing", help="Drop rows whose image is missing instead of failing.")
+        bool,
+        typer.Option("--drop-missing", help="Drop rows whose image is missing instead of failing."),
     ] = False,
     labeler: Annotated[str, typer.Option(help="mimic: chexpert or negbio labels.")] = "chexpert",
     path_col: Annotated[str, typer.Option(help="generic: the image path column.")] = "path",
     labels: Annotated[
-        Optional[str], typer.Option(help="generic: label columns, 'COL' or 'COL=Finding', comma-separated.")
+        str | None,
+        typer.Option(help="generic: label columns, 'COL' or 'COL=Finding', comma-separated."),
     ] = None,
-    patient_col: Annotated[Optional[str], typer.Option(help="generic: patient id column.")] = None,
-    study_col: Annotated[Optional[str], typer.Option(help="generic: study id column.")] = None,
-    view_col: Annotated[Optional[str], typer.Option(help="generic: view column (frontal/lateral/AP/PA).")] = None,
-    sex_col: Annotated[Optional[str], typer.Option(help="generic: sex column.")] = None,
-    age_col: Annotated[Optional[str], typer.Option(help="generic: age column.")] = None,
+    patient_col: Annotated[str | None, typer.Option(help="generic: patient id column.")] = None,
+    study_col: Annotated[str | None, typer.Option(help="generic: study id column.")] = None,
+    view_col: Annotated[
+        str | None, typer.Option(help="generic: view column (frontal/lateral/AP/PA).")
+    ] = None,
+    sex_col: Annotated[str | None, typer.Option(help="generic: sex column.")] = None,
+    age_col: Annotated[str | None, typer.Option(help="generic: age column.")] = None,
     image_root: Annotated[
-        Optional[Path], typer.Option(help="generic: folder the paths are relative to (default: the CSV's).")
+        Path | None,
+        typer.Option(help="generic: folder the paths are relative to (default: the CSV's)."),
     ] = None,
     allow_new_findings: Annotated[
-        bool, typer.Option("--allow-new-findings", help="generic: keep label names that are not known findings.")
+        bool,
+        typer.Option(
+            "--allow-new-findings", help="generic: keep label names that are not known findings."
+        ),
     ] = False,
 ) -> None:
     """Index a dataset: one row per image, raw 1/0/-1/blank labels under canonical finding names."""
@@ -90,10 +102,20 @@ def index_cmd(
     if dataset == "mimic":
         options["labeler"] = labeler
     if dataset == "generic":
-        options.update(path_col=path_col, labels=labels, patient_col=patient_col, study_col=study_col,
-                       view_col=view_col, sex_col=sex_col, age_col=age_col, image_root=image_root,
-                       allow_new_findings=allow_new_findings)
-    index = build_index(dataset, root, check_images=check_images, drop_missing=drop_missing, **options)
+        options.update(
+            path_col=path_col,
+            labels=labels,
+            patient_col=patient_col,
+            study_col=study_col,
+            view_col=view_col,
+            sex_col=sex_col,
+            age_col=age_col,
+            image_root=image_root,
+            allow_new_findings=allow_new_findings,
+        )
+    index = build_index(
+        dataset, root, check_images=check_images, drop_missing=drop_missing, **options
+    )
     write_index(index, out)
     f = index.frame
     console.print(
@@ -102,11 +124,16 @@ def index_cmd(
         f"{len(index.findings)} findings"
         + (f", {len(index.boxes):,} boxes" if len(index.boxes) else "")
         + ("" if index.meta["images_checked"] else " (images not checked)")
-        + (f"; {index.meta['missing_dropped']:,} rows with missing images dropped" if index.meta["missing_dropped"] else "")
+        + (
+            f"; {index.meta['missing_dropped']:,} rows with missing images dropped"
+            if index.meta["missing_dropped"]
+            else ""
+        )
     )
 
 
 # ---- labels --------------------------------------------------------------------------------------
+
 
 def _policy(
     policy: str | None,
@@ -122,8 +149,15 @@ def _policy(
     from cxrkit.labels import LabelPolicy
 
     base = LabelPolicy.from_spec(policy).to_dict()
-    given = {"uncertain": uncertain, "blank": blank, "hierarchy": hierarchy, "views": views,
-             "findings": findings, "no_finding": no_finding, "seed": seed}
+    given = {
+        "uncertain": uncertain,
+        "blank": blank,
+        "hierarchy": hierarchy,
+        "views": views,
+        "findings": findings,
+        "no_finding": no_finding,
+        "seed": seed,
+    }
     base.update({k: v for k, v in given.items() if v is not None})
     if uncertain_for:
         per = dict(base.get("uncertain_per_finding") or {})
@@ -141,34 +175,53 @@ def _policy(
 
 
 PolicyOpt = Annotated[
-    Optional[str], typer.Option("--policy", "-p", help="Preset (default, thesis, u-zeros, ...) or a policy YAML file.")
+    str | None,
+    typer.Option(
+        "--policy", "-p", help="Preset (default, thesis, u-zeros, ...) or a policy YAML file."
+    ),
 ]
 UncertainOpt = Annotated[
-    Optional[str], typer.Option(help="-1 labels: ones, zeros, ignore, multiclass, smooth_ones, smooth_zeros.")
+    str | None,
+    typer.Option(help="-1 labels: ones, zeros, ignore, multiclass, smooth_ones, smooth_zeros."),
 ]
 UncertainForOpt = Annotated[
-    Optional[str], typer.Option(help="Per-finding overrides, e.g. 'Atelectasis=ones,Edema=ones'.")
+    str | None, typer.Option(help="Per-finding overrides, e.g. 'Atelectasis=ones,Edema=ones'.")
 ]
-BlankOpt = Annotated[Optional[str], typer.Option(help="Blank labels: zero or ignore.")]
-HierarchyOpt = Annotated[Optional[str], typer.Option(help="positive (the thesis), propagate or none.")]
-ViewsOpt = Annotated[Optional[str], typer.Option(help="all, frontal, lateral, ap or pa.")]
+BlankOpt = Annotated[str | None, typer.Option(help="Blank labels: zero or ignore.")]
+HierarchyOpt = Annotated[
+    str | None, typer.Option(help="positive (the thesis), propagate or none.")
+]
+ViewsOpt = Annotated[str | None, typer.Option(help="all, frontal, lateral, ap or pa.")]
 FindingsOpt = Annotated[
-    Optional[str], typer.Option(help="all, competition, chexpert, nih, or comma-separated names.")
+    str | None, typer.Option(help="all, competition, chexpert, nih, or comma-separated names.")
 ]
-NoFindingOpt = Annotated[Optional[str], typer.Option(help="'No Finding': dataset or derive.")]
-SeedOpt = Annotated[Optional[int], typer.Option(help="Seed of smoothed uncertain labels.")]
+NoFindingOpt = Annotated[str | None, typer.Option(help="'No Finding': dataset or derive.")]
+SeedOpt = Annotated[int | None, typer.Option(help="Seed of smoothed uncertain labels.")]
 
 
 def _print_label_table(table, title: str) -> None:
     t = Table(title=title, title_justify="left")
-    for col, justify in (("finding", "left"), ("positive", "right"), ("negative", "right"),
-                         ("uncertain", "right"), ("blank", "right"), ("masked", "right"),
-                         ("neg:pos", "right")):
+    for col, justify in (
+        ("finding", "left"),
+        ("positive", "right"),
+        ("negative", "right"),
+        ("uncertain", "right"),
+        ("blank", "right"),
+        ("masked", "right"),
+        ("neg:pos", "right"),
+    ):
         t.add_column(col, justify=justify)
     for r in table.itertuples(index=False):
         ratio = "—" if r.neg_pos_ratio == float("inf") else f"{r.neg_pos_ratio:.2f}"
-        t.add_row(r.finding, f"{r.positive:,}", f"{r.negative:,}", f"{r.uncertain:,}",
-                  f"{r.blank:,}", f"{r.masked:,}", ratio)
+        t.add_row(
+            r.finding,
+            f"{r.positive:,}",
+            f"{r.negative:,}",
+            f"{r.uncertain:,}",
+            f"{r.blank:,}",
+            f"{r.masked:,}",
+            ratio,
+        )
     console.print(t)
 
 
@@ -184,15 +237,21 @@ def labels_cmd(
     findings: FindingsOpt = None,
     no_finding: NoFindingOpt = None,
     seed: SeedOpt = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the table as JSON.")] = None,
-    save_policy: Annotated[Optional[Path], typer.Option(help="Write the resolved policy as YAML.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the table as JSON.")
+    ] = None,
+    save_policy: Annotated[
+        Path | None, typer.Option(help="Write the resolved policy as YAML.")
+    ] = None,
 ) -> None:
     """Apply a label policy and print per finding: positives, negatives, uncertain, blank, masked, neg:pos."""
     from cxrkit.fileio import write_text_atomic
     from cxrkit.index import read_index
     from cxrkit.labels import label_table
 
-    pol = _policy(policy, uncertain, uncertain_for, blank, hierarchy, views, findings, no_finding, seed)
+    pol = _policy(
+        policy, uncertain, uncertain_for, blank, hierarchy, views, findings, no_finding, seed
+    )
     ix = read_index(index)
     targets = pol.apply(ix.frame, ix.findings)
     table = label_table(ix.frame, targets)
@@ -204,7 +263,11 @@ def labels_cmd(
         + f", blank={pol.blank}, hierarchy={pol.hierarchy}",
     )
     if json_out:
-        payload = {"policy": pol.to_dict(), "images": len(targets.rows), "table": table.to_dict(orient="records")}
+        payload = {
+            "policy": pol.to_dict(),
+            "images": len(targets.rows),
+            "table": table.to_dict(orient="records"),
+        }
         write_text_atomic(json_out, json.dumps(payload, indent=2, default=str))
     if save_policy:
         write_text_atomic(save_policy, pol.to_yaml())
@@ -212,19 +275,35 @@ def labels_cmd(
 
 def _progress():
     """One progress-bar style for every long command: bar, count, images/s, ETA."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class _Rate(ProgressColumn):
         def render(self, task):  # noqa: D102
-            return Text(f"{task.speed:,.0f} img/s" if task.speed else "", style="progress.data.speed")
+            return Text(
+                f"{task.speed:,.0f} img/s" if task.speed else "", style="progress.data.speed"
+            )
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
-                    TimeRemainingColumn(), console=err_console, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
 
 
 # ---- synth ---------------------------------------------------------------------------------------
+
 
 @app.command("synth")
 def synth_cmd(
@@ -233,20 +312,28 @@ def synth_cmd(
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed: same settings, same bytes.")] = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("synthetic"),
-    workers: Annotated[Optional[int], typer.Option(help="Processes (default: all cores).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
 ) -> None:
     """Write a synthetic chest X-ray dataset in a real dataset's on-disk layout, with planted findings."""
     from cxrkit.datasets.synthetic import generate
 
     with _progress() as bar:
         task = bar.add_task("synth", total=n)
-        folder = generate(layout, out, n=n, size=size, seed=seed, workers=workers,
-                          progress=lambda k: bar.advance(task, k))
+        folder = generate(
+            layout,
+            out,
+            n=n,
+            size=size,
+            seed=seed,
+            workers=workers,
+            progress=lambda k: bar.advance(task, k),
+        )
     console.print(f"[green]wrote[/green] {n:,} synthetic {layout} images ({size} px) to {folder}")
     console.print(f"next: cxrkit index {layout} {folder} --out index.parquet")
 
 
 # ---- demo ----------------------------------------------------------------------------------------
+
 
 @app.command("demo")
 def demo_cmd(
@@ -255,7 +342,7 @@ def demo_cmd(
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     dataset: Annotated[
-        Optional[Path], typer.Option(help="Use this CheXpert folder instead of synthetic data.")
+        Path | None, typer.Option(help="Use this CheXpert folder instead of synthetic data.")
     ] = None,
 ) -> None:
     """Run the pipeline end to end: synthetic data (or --dataset) → index → label tables."""
@@ -275,13 +362,17 @@ def demo_cmd(
     index = build_index("chexpert", folder)
     write_index(index, out / "index.parquet")
     f = index.frame
-    console.print(f"{out / 'index.parquet'}: {len(f):,} images, {f['patient_id'].nunique():,} patients, "
-                  f"{int((f['view'] == 'frontal').sum()):,} frontal")
+    console.print(
+        f"{out / 'index.parquet'}: {len(f):,} images, {f['patient_id'].nunique():,} patients, "
+        f"{int((f['view'] == 'frontal').sum()):,} frontal"
+    )
     console.rule("3. labels")
     for name in ("default", "chexpert-competition"):
         pol = PRESETS[name]
         targets = pol.apply(f, index.findings)
-        _print_label_table(label_table(f, targets), f"policy '{name}': {len(targets.rows):,} images")
+        _print_label_table(
+            label_table(f, targets), f"policy '{name}': {len(targets.rows):,} images"
+        )
     console.print("[dim]training, evaluation and the report join the demo in later releases.[/dim]")
 
 

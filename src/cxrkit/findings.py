@@ -147,8 +147,11 @@ def resolve_findings(spec: str | Iterable[str] | None, available: Iterable[str])
                 canon = name  # a custom finding from a generic CSV
             if canon is None:
                 raise CxrkitError(
-                    did_you_mean(name, list(FINDINGS) + [a for a in available if a not in FINDINGS],
-                                 what="finding")
+                    did_you_mean(
+                        name,
+                        list(FINDINGS) + [a for a in available if a not in FINDINGS],
+                        what="finding",
+                    )
                     + " Fix the findings list (or use a set name: competition, chexpert, nih, all)."
                 )
             names = (canon,)

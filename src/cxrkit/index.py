@@ -90,14 +90,18 @@ def make_frame(meta_cols: dict[str, Any], labels: dict[str, np.ndarray], n: int)
                 else pd.to_numeric(pd.Series(value), errors="coerce").to_numpy(np.float32)
             )
         else:
-            data[col] = pd.array([pd.NA] * n if value is None else np.asarray(value, object), dtype="string")
+            data[col] = pd.array(
+                [pd.NA] * n if value is None else np.asarray(value, object), dtype="string"
+            )
     frame = pd.DataFrame(data)
     for name, values in labels.items():
         frame[name] = np.asarray(values, np.float32)
     return frame
 
 
-def parse_tristate(values: pd.Series, column: str, source: str, *, booleans: bool = False) -> np.ndarray:
+def parse_tristate(
+    values: pd.Series, column: str, source: str, *, booleans: bool = False
+) -> np.ndarray:
     """Parse a label column into float32 1 / 0 / -1 / NaN, or raise one clear line.
 
     Accepts numbers (``1``, ``1.0``, ``-1``...) and blanks; with ``booleans`` also
@@ -107,7 +111,9 @@ def parse_tristate(values: pd.Series, column: str, source: str, *, booleans: boo
     s = s.mask(s == "", pd.NA)
     if booleans:
         low = s.str.lower()
-        s = s.mask(low.isin(["true", "yes", "t", "y"]), "1").mask(low.isin(["false", "no", "f", "n"]), "0")
+        s = s.mask(low.isin(["true", "yes", "t", "y"]), "1").mask(
+            low.isin(["false", "no", "f", "n"]), "0"
+        )
     num = pd.to_numeric(s, errors="coerce")
     bad = (num.notna() & ~num.isin([1, 0, -1])) | (s.notna() & num.isna())
     if bad.any():
@@ -134,7 +140,9 @@ def require_columns(frame: pd.DataFrame, columns: list[str], source: str, hint: 
 def check_rows(frame: pd.DataFrame, source: str) -> None:
     """Refuse an empty index or duplicate image paths."""
     if frame.empty:
-        raise CxrkitError(f"{source}: the dataset has no image rows. Check that the label file is not empty.")
+        raise CxrkitError(
+            f"{source}: the dataset has no image rows. Check that the label file is not empty."
+        )
     dup = frame["path"].duplicated(keep=False)
     if dup.any():
         paths = frame.loc[dup, "path"].drop_duplicates()
@@ -145,7 +153,9 @@ def check_rows(frame: pd.DataFrame, source: str) -> None:
         )
 
 
-def check_images(frame: pd.DataFrame, root: Path, *, drop_missing: bool) -> tuple[pd.DataFrame, int]:
+def check_images(
+    frame: pd.DataFrame, root: Path, *, drop_missing: bool
+) -> tuple[pd.DataFrame, int]:
     """Check every image exists under ``root``; drop the missing ones or raise one clear line."""
     root_s = str(root)
     exists = np.fromiter(
@@ -161,11 +171,17 @@ def check_images(frame: pd.DataFrame, root: Path, *, drop_missing: bool) -> tupl
             f"{preview(first, 3)}). Check the root folder, or pass --drop-missing to index the "
             "rest, or --no-check-images to index the label files alone."
         )
-    log.warning("dropped %d of %d rows whose image is missing (first: %s)", n_missing, len(frame),
-                preview(first, 3))
+    log.warning(
+        "dropped %d of %d rows whose image is missing (first: %s)",
+        n_missing,
+        len(frame),
+        preview(first, 3),
+    )
     kept = frame.loc[exists].reset_index(drop=True)
     if kept.empty:
-        raise CxrkitError(f"none of the {len(frame)} images exist under '{root}': check the root folder.")
+        raise CxrkitError(
+            f"none of the {len(frame)} images exist under '{root}': check the root folder."
+        )
     return kept, n_missing
 
 
@@ -221,14 +237,18 @@ def read_index(path: str | os.PathLike[str]) -> Index:
     """Read an index written by :func:`write_index`; a file that is not one is a clear error."""
     path = Path(path)
     if not path.is_file():
-        raise CxrkitError(f"index file '{path}' does not exist. Make one with `cxrkit index DATASET ROOT --out {path}`.")
+        raise CxrkitError(
+            f"index file '{path}' does not exist. Make one with `cxrkit index DATASET ROOT --out {path}`."
+        )
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise CxrkitError(f"'{path}' is not a Parquet index file ({e}).") from None
     raw = (table.schema.metadata or {}).get(_META_KEY)
     if raw is None:
-        raise CxrkitError(f"'{path}' is a Parquet file but not a cxrkit index (no provenance metadata). Make one with `cxrkit index`.")
+        raise CxrkitError(
+            f"'{path}' is a Parquet file but not a cxrkit index (no provenance metadata). Make one with `cxrkit index`."
+        )
     meta = json.loads(raw)
     boxes_d = meta.pop("boxes", None)
     boxes = pd.DataFrame(boxes_d) if boxes_d else pd.DataFrame(columns=list(BOX_COLUMNS))

@@ -29,6 +29,7 @@ import yaml
 
 from cxrkit.errors import CxrkitError, did_you_mean
 from cxrkit.findings import NO_FINDING, NON_PATHOLOGY, PARENT, hierarchy_order, resolve_findings
+from cxrkit.index import finding_columns
 
 UNCERTAIN_POLICIES = ("ones", "zeros", "ignore", "multiclass", "smooth_ones", "smooth_zeros")
 BLANK_POLICIES = ("zero", "ignore")
@@ -109,7 +110,9 @@ class LabelPolicy:
         ``uncertain`` may also be a mapping ``{default: zeros, Atelectasis: ones, ...}``.
         """
         if not isinstance(data, Mapping):
-            raise CxrkitError(f"a label policy must be a mapping of options; got {type(data).__name__}.")
+            raise CxrkitError(
+                f"a label policy must be a mapping of options; got {type(data).__name__}."
+            )
         names = [f.name for f in dataclasses.fields(cls)]
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
@@ -130,7 +133,9 @@ class LabelPolicy:
         except FileNotFoundError:
             raise CxrkitError(f"label policy file '{path}' does not exist.") from None
         except yaml.YAMLError as e:
-            raise CxrkitError(f"label policy file '{path}' is not valid YAML: {e}".splitlines()[0]) from None
+            raise CxrkitError(
+                f"label policy file '{path}' is not valid YAML: {e}".splitlines()[0]
+            ) from None
         return cls.from_dict(data or {})
 
     @classmethod
@@ -159,8 +164,6 @@ class LabelPolicy:
             available: the findings the dataset labels (default: every canonical finding column in
                 ``index``). A target finding outside it is masked everywhere.
         """
-        from cxrkit.index import finding_columns  # local: index imports labels
-
         if available is None:
             available = finding_columns(index)
         available = list(available)

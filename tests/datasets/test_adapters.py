@@ -8,16 +8,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_one_line_error
 
+from conftest import assert_one_line_error
 from cxrkit.datasets import build_index
 from cxrkit.errors import CxrkitError
 from cxrkit.findings import CHEXPERT_FINDINGS
 from cxrkit.index import read_index, write_index
 
 CHEXPERT_HEADER = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(CHEXPERT_FINDINGS)
-NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-              "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
+NIH_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
 
 
 def touch(path: Path) -> None:
@@ -35,19 +37,32 @@ def chexpert_row(path: str, view="Frontal", proj="AP", labels: dict | None = Non
 def chexpert(tmp_path: Path) -> Path:
     d = tmp_path / "CheXpert-v1.0-small"
     rows = [
-        chexpert_row("CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg",
-                     labels={"No Finding": "1.0", "Support Devices": "1.0"}),
-        chexpert_row("CheXpert-v1.0-small/train/patient00002/study2/view1_frontal.jpg",
-                     labels={"Cardiomegaly": "-1.0", "Lung Opacity": "1.0", "Edema": "0.0"}),
-        chexpert_row("CheXpert-v1.0-small/train/patient00002/study2/view2_lateral.jpg", view="Lateral",
-                     proj="", labels={"Cardiomegaly": "-1.0", "Lung Opacity": "1.0", "Edema": "0.0"}),
-        chexpert_row("CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg", proj="PA",
-                     labels={"Pleural Effusion": "1.0"}),
+        chexpert_row(
+            "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg",
+            labels={"No Finding": "1.0", "Support Devices": "1.0"},
+        ),
+        chexpert_row(
+            "CheXpert-v1.0-small/train/patient00002/study2/view1_frontal.jpg",
+            labels={"Cardiomegaly": "-1.0", "Lung Opacity": "1.0", "Edema": "0.0"},
+        ),
+        chexpert_row(
+            "CheXpert-v1.0-small/train/patient00002/study2/view2_lateral.jpg",
+            view="Lateral",
+            proj="",
+            labels={"Cardiomegaly": "-1.0", "Lung Opacity": "1.0", "Edema": "0.0"},
+        ),
+        chexpert_row(
+            "CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg",
+            proj="PA",
+            labels={"Pleural Effusion": "1.0"},
+        ),
     ]
     d.mkdir()
     (d / "train.csv").write_text("\n".join([CHEXPERT_HEADER, *rows]) + "\n")
-    valid = chexpert_row("CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg",
-                         labels={f: "0.0" for f in CHEXPERT_FINDINGS} | {"Edema": "1.0"})
+    valid = chexpert_row(
+        "CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg",
+        labels={f: "0.0" for f in CHEXPERT_FINDINGS} | {"Edema": "1.0"},
+    )
     (d / "valid.csv").write_text(CHEXPERT_HEADER + "\n" + valid + "\n")
     for line in rows + [valid]:
         touch(d / line.split(",")[0].split("/", 1)[1])
@@ -61,8 +76,12 @@ def test_chexpert_index(chexpert: Path):
         assert len(f) == 5 and f["patient_id"].nunique() == 3
         assert f["official_split"].tolist() == ["train"] * 4 + ["valid"]
         assert f["path"].iloc[0] == "train/patient00001/study1/view1_frontal.jpg"
-        assert f["study_id"].tolist()[:4] == ["patient00001/study1", "patient00002/study2",
-                                              "patient00002/study2", "patient00002/study1"]
+        assert f["study_id"].tolist()[:4] == [
+            "patient00001/study1",
+            "patient00002/study2",
+            "patient00002/study2",
+            "patient00002/study1",
+        ]
         assert f["view"].tolist() == ["frontal", "frontal", "lateral", "frontal", "frontal"]
         assert f["projection"].tolist()[:4] == ["AP", "AP", pd.NA, "PA"]
         assert f["sex"].iloc[0] == "F" and f["age"].iloc[0] == 68
@@ -87,14 +106,22 @@ def test_index_roundtrip_is_atomic_and_keeps_provenance(chexpert: Path, tmp_path
 def test_chexpert_study_level_test_format(chexpert: Path):
     study = "CheXpert-v1.0/test/patient64741/study1"
     (chexpert / "test_labels.csv").write_text(
-        "Study," + ",".join(CHEXPERT_FINDINGS) + "\n" + study + "," + ",".join(["0"] * 5 + ["1"] + ["0"] * 8) + "\n"
+        "Study,"
+        + ",".join(CHEXPERT_FINDINGS)
+        + "\n"
+        + study
+        + ","
+        + ",".join(["0"] * 5 + ["1"] + ["0"] * 8)
+        + "\n"
     )
     touch(chexpert / "test/patient64741/study1/view1_frontal.jpg")
     touch(chexpert / "test/patient64741/study1/view2_lateral.jpg")
     f = build_index("chexpert", chexpert).frame
     test = f[f["official_split"] == "test"]
-    assert test["path"].tolist() == ["test/patient64741/study1/view1_frontal.jpg",
-                                     "test/patient64741/study1/view2_lateral.jpg"]
+    assert test["path"].tolist() == [
+        "test/patient64741/study1/view1_frontal.jpg",
+        "test/patient64741/study1/view2_lateral.jpg",
+    ]
     assert test["view"].tolist() == ["frontal", "lateral"]
     assert test["Edema"].tolist() == [1.0, 1.0] and test["Cardiomegaly"].tolist() == [0.0, 0.0]
     assert test["study_id"].nunique() == 1
@@ -126,7 +153,9 @@ def write_nih(root: Path, split_dirs: bool = False, revision: bool = True) -> li
     for i, n in enumerate(names):
         folder = root / (f"images_{i % 2 + 1:03d}/images" if split_dirs else "images")
         touch(folder / n)
-    (root / "train_val_list.txt").write_text("00000001_000.png\n00000001_001.png\n00000003_000.png\n")
+    (root / "train_val_list.txt").write_text(
+        "00000001_000.png\n00000001_001.png\n00000003_000.png\n"
+    )
     (root / "test_list.txt").write_text("00000002_000.png\n")
     (root / "BBox_List_2017.csv").write_text(
         "Image Index,Finding Label,Bbox [x,y,w,h],,,\n00000001_001.png,Infiltrate,10.5,20,30,40\n"
@@ -158,20 +187,30 @@ def test_nih_index(tmp_path: Path, split_dirs: bool, revision: bool):
 
 
 def write_mimic(root: Path) -> None:
-    labels = ["subject_id,study_id," + ",".join(sorted(CHEXPERT_FINDINGS)),
-              "10000032,50414267," + ",".join(["1.0" if f == "Edema" else "" for f in sorted(CHEXPERT_FINDINGS)]),
-              "10000032,53189527," + ",".join(["-1.0" if f == "Atelectasis" else "0.0" for f in sorted(CHEXPERT_FINDINGS)])]
-    meta = ["dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns",
-            "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014,10000032,50414267,CHEST (PA AND LAT),PA,3056,2544",
-            "174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962,10000032,50414267,CHEST (PA AND LAT),LATERAL,3056,2544",
-            "2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab,10000032,53189527,CHEST (PA AND LAT),,3056,2544",
-            "ffffffff-b0ded155-c0de8eb9-c124d10e-82c5caab,10000099,59999999,CHEST,AP,3056,2544"]
-    split = ["dicom_id,study_id,subject_id,split",
-             "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014,50414267,10000032,train",
-             "174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962,50414267,10000032,train",
-             "2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab,53189527,10000032,validate"]
+    labels = [
+        "subject_id,study_id," + ",".join(sorted(CHEXPERT_FINDINGS)),
+        "10000032,50414267,"
+        + ",".join(["1.0" if f == "Edema" else "" for f in sorted(CHEXPERT_FINDINGS)]),
+        "10000032,53189527,"
+        + ",".join(["-1.0" if f == "Atelectasis" else "0.0" for f in sorted(CHEXPERT_FINDINGS)]),
+    ]
+    meta = [
+        "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns",
+        "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014,10000032,50414267,CHEST (PA AND LAT),PA,3056,2544",
+        "174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962,10000032,50414267,CHEST (PA AND LAT),LATERAL,3056,2544",
+        "2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab,10000032,53189527,CHEST (PA AND LAT),,3056,2544",
+        "ffffffff-b0ded155-c0de8eb9-c124d10e-82c5caab,10000099,59999999,CHEST,AP,3056,2544",
+    ]
+    split = [
+        "dicom_id,study_id,subject_id,split",
+        "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014,50414267,10000032,train",
+        "174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962,50414267,10000032,train",
+        "2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab,53189527,10000032,validate",
+    ]
     for name, lines in (("chexpert", labels), ("metadata", meta), ("split", split)):
-        (root / f"mimic-cxr-2.0.0-{name}.csv.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+        (root / f"mimic-cxr-2.0.0-{name}.csv.gz").write_bytes(
+            gzip.compress(("\n".join(lines) + "\n").encode())
+        )
     for line in meta[1:4]:
         d, s, st = line.split(",")[:3]
         touch(root / f"files/p{s[:2]}/p{s}/s{st}/{d}.jpg")
@@ -182,7 +221,10 @@ def test_mimic_index(tmp_path: Path):
     ix = build_index("mimic", tmp_path)
     f = ix.frame
     assert len(f) == 3  # the image of an unlabelled study is left out
-    assert f["path"].iloc[0] == "files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg"
+    assert (
+        f["path"].iloc[0]
+        == "files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg"
+    )
     assert f["view"].tolist() == ["frontal", "lateral", pd.NA]
     assert f["official_split"].tolist() == ["train", "train", "valid"]
     assert f["Edema"].tolist()[:2] == [1.0, 1.0] and np.isnan(f["Cardiomegaly"].iloc[0])
@@ -199,8 +241,14 @@ def test_generic_index(tmp_path: Path):
     )
     for n in "abc":
         touch(tmp_path / f"{n}.png")
-    ix = build_index("generic", tmp_path / "labels.csv", path_col="file", patient_col="pid",
-                     view_col="view", labels="Effusion,Heart=Cardiomegaly,Edema")
+    ix = build_index(
+        "generic",
+        tmp_path / "labels.csv",
+        path_col="file",
+        patient_col="pid",
+        view_col="view",
+        labels="Effusion,Heart=Cardiomegaly,Edema",
+    )
     f = ix.frame
     assert ix.findings == ["Cardiomegaly", "Edema", "Pleural Effusion"]
     assert f["Pleural Effusion"].tolist()[:2] == [1, 0] and np.isnan(f["Pleural Effusion"].iloc[2])
@@ -214,6 +262,7 @@ def test_generic_index(tmp_path: Path):
 
 # ---- bad input -----------------------------------------------------------------------------------
 
+
 def test_missing_column(chexpert: Path):
     text = (chexpert / "train.csv").read_text().replace("Frontal/Lateral", "View")
     (chexpert / "train.csv").write_text(text)
@@ -224,7 +273,9 @@ def test_missing_column(chexpert: Path):
 def test_label_value_outside_tristate(chexpert: Path):
     text = (chexpert / "train.csv").read_text().replace(",-1.0,", ",2.0,", 1)
     (chexpert / "train.csv").write_text(text)
-    with pytest.raises(CxrkitError, match=r"column 'Cardiomegaly' has 1 value\(s\) outside 1/0/-1/blank.*'2.0'"):
+    with pytest.raises(
+        CxrkitError, match=r"column 'Cardiomegaly' has 1 value\(s\) outside 1/0/-1/blank.*'2.0'"
+    ):
         build_index("chexpert", chexpert)
 
 
@@ -261,7 +312,10 @@ def test_empty_dataset(chexpert: Path):
 
 def test_folder_of_another_dataset(tmp_path: Path):
     write_nih(tmp_path)
-    with pytest.raises(CxrkitError, match=r"not a CheXpert folder.*looks like a NIH ChestX-ray14 folder: try `cxrkit index nih"):
+    with pytest.raises(
+        CxrkitError,
+        match=r"not a CheXpert folder.*looks like a NIH ChestX-ray14 folder: try `cxrkit index nih",
+    ):
         build_index("chexpert", tmp_path)
     with pytest.raises(CxrkitError, match="not a MIMIC-CXR-JPG folder"):
         build_index("mimic", tmp_path)
@@ -286,7 +340,9 @@ def test_cli_bad_inputs_are_one_line(tmp_path: Path, chexpert: Path, run_cli):
     code, _, err = run_cli("index", "chexpert", chexpert, "--out", tmp_path / "i.parquet")
     assert_one_line_error(code, err, "1 of 5 images are missing", "--drop-missing")
     assert not (tmp_path / "i.parquet").exists()
-    code, out, _ = run_cli("index", "chexpert", chexpert, "--out", tmp_path / "i.parquet", "--drop-missing")
+    code, out, _ = run_cli(
+        "index", "chexpert", chexpert, "--out", tmp_path / "i.parquet", "--drop-missing"
+    )
     assert code == 0 and "4 images" in out
     code, _, err = run_cli("labels", tmp_path / "i.parquet", "--findings", "Cardiomegly")
     assert_one_line_error(code, err, "did you mean 'Cardiomegaly'")

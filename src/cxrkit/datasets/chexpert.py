@@ -19,8 +19,11 @@ from cxrkit.findings import CHEXPERT_FINDINGS
 from cxrkit.index import Index, finalize, make_frame, parse_tristate, require_columns
 
 _META = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"]
-_SPLIT_FILES = {"train": ("train.csv",), "valid": ("valid.csv",),
-                "test": ("test.csv", "test_labels.csv", "groundtruth.csv")}
+_SPLIT_FILES = {
+    "train": ("train.csv",),
+    "valid": ("valid.csv",),
+    "test": ("test.csv", "test_labels.csv", "groundtruth.csv"),
+}
 _SEX = {"Male": "M", "Female": "F"}
 _HINT = "Is this CheXpert's own train.csv / valid.csv? Its header starts: " + ",".join(_META)
 
@@ -30,12 +33,16 @@ def dataset_folder(root: Path) -> Path:
     if find_file(root, "train.csv", "valid.csv", *_SPLIT_FILES["test"]):
         return root
     if root.is_dir():
-        subs = sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower().startswith("chexpert"))
+        subs = sorted(
+            p for p in root.iterdir() if p.is_dir() and p.name.lower().startswith("chexpert")
+        )
         for sub in subs:
             if find_file(sub, "train.csv", "valid.csv"):
                 return sub
     raise not_this_dataset(
-        "chexpert", root, "found no train.csv or valid.csv here nor in a CheXpert-* folder inside it"
+        "chexpert",
+        root,
+        "found no train.csv or valid.csv here nor in a CheXpert-* folder inside it",
     )
 
 
@@ -71,7 +78,9 @@ def _image_rows(df: pd.DataFrame, source: str, split: str) -> tuple[dict, dict, 
     return meta, labels, len(df)
 
 
-def _study_rows(df: pd.DataFrame, folder: Path, source: str, drop_missing: bool) -> tuple[dict, dict, int]:
+def _study_rows(
+    df: pd.DataFrame, folder: Path, source: str, drop_missing: bool
+) -> tuple[dict, dict, int]:
     """The test-set ground-truth format: one row per ``Study``, joined to the study's images."""
     studies = _strip_prefix(df["Study"].astype("string").str.strip().str.rstrip("/"))
     paths, owner, missing = [], [], []
@@ -112,7 +121,7 @@ def index_chexpert(root: Path, *, check_images: bool = True, drop_missing: bool 
     ``official_split`` records which file a row came from (``train`` / ``valid`` / ``test``).
     """
     folder = dataset_folder(root)
-    metas, labels_all, sources = [], [], []
+    metas, sources = [], []
     for split, names in _SPLIT_FILES.items():
         path = find_file(folder, *names)
         if path is None:
@@ -131,11 +140,19 @@ def index_chexpert(root: Path, *, check_images: bool = True, drop_missing: bool 
             meta, labels, n = _image_rows(df, source, split)
         metas.append(make_frame(meta, labels, n))
     if not metas:
-        raise CxrkitError(f"chexpert index of '{folder}': the label files have no image rows "
-                          f"({', '.join(p.name for p in sources)}). Check that they are not empty.")
+        raise CxrkitError(
+            f"chexpert index of '{folder}': the label files have no image rows "
+            f"({', '.join(p.name for p in sources)}). Check that they are not empty."
+        )
     frame = pd.concat(metas, ignore_index=True) if len(metas) > 1 else metas[0]
     for f in CHEXPERT_FINDINGS:  # a file without a finding column leaves it unlabelled there
         if f in frame.columns:
             frame[f] = frame[f].astype(np.float32)
-    return finalize(frame, dataset="chexpert", root=folder, sources=sources,
-                    check=check_images, drop_missing=drop_missing)
+    return finalize(
+        frame,
+        dataset="chexpert",
+        root=folder,
+        sources=sources,
+        check=check_images,
+        drop_missing=drop_missing,
+    )

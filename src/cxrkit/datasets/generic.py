@@ -20,8 +20,15 @@ from cxrkit.index import Index, finalize, make_frame, parse_tristate, require_co
 
 log = logging.getLogger(__name__)
 
-_VIEWS = {"frontal": "frontal", "lateral": "lateral", "pa": "frontal", "ap": "frontal",
-          "ll": "lateral", "rl": "lateral", "lat": "lateral"}
+_VIEWS = {
+    "frontal": "frontal",
+    "lateral": "lateral",
+    "pa": "frontal",
+    "ap": "frontal",
+    "ll": "lateral",
+    "rl": "lateral",
+    "lat": "lateral",
+}
 _SEX = {"m": "M", "male": "M", "f": "F", "female": "F"}
 
 
@@ -64,23 +71,34 @@ def index_generic(
         allow_new_findings: keep label names that are not canonical findings as custom findings.
     """
     if root.is_dir():
-        raise CxrkitError(f"'{root}' is a folder: the generic dataset takes the CSV file itself as ROOT.")
+        raise CxrkitError(
+            f"'{root}' is a folder: the generic dataset takes the CSV file itself as ROOT."
+        )
     source = str(root)
     try:
         df = pd.read_csv(root, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
         raise CxrkitError(f"{source}: cannot be read as CSV ({e}).") from None
-    opt_cols = {"patient": patient_col, "study": study_col, "view": view_col, "sex": sex_col, "age": age_col}
+    opt_cols = {
+        "patient": patient_col,
+        "study": study_col,
+        "view": view_col,
+        "sex": sex_col,
+        "age": age_col,
+    }
     wanted = [path_col] + [c for c in opt_cols.values() if c]
     missing = [c for c in wanted if c not in df.columns]
     if missing:
         raise CxrkitError(
-            f"{source}: " + did_you_mean(missing[0], list(df.columns), what="column")
+            f"{source}: "
+            + did_you_mean(missing[0], list(df.columns), what="column")
             + " Name the right column with the --path-col / --patient-col ... options."
         )
     spec = _parse_label_spec(labels)
     if not spec:
-        spec = [(c, None) for c in df.columns if c not in wanted and canonical_name(c, strict=False)]
+        spec = [
+            (c, None) for c in df.columns if c not in wanted and canonical_name(c, strict=False)
+        ]
         if not spec:
             raise CxrkitError(
                 f"{source}: no column is named after a known finding; name the label columns with "
@@ -100,12 +118,17 @@ def index_generic(
                 )
             canon = target
         if canon in label_cols:
-            raise CxrkitError(f"{source}: two label columns map to the finding '{canon}'; keep one.")
+            raise CxrkitError(
+                f"{source}: two label columns map to the finding '{canon}'; keep one."
+            )
         label_cols[canon] = parse_tristate(df[col], col, source, booleans=True)
     paths = df[path_col].str.strip().str.replace("\\", "/", regex=False)
     if patient_col is None:
-        log.warning("%s: no patient column: each image counts as its own patient, so splits cannot "
-                    "keep a patient's images together (pass --patient-col)", source)
+        log.warning(
+            "%s: no patient column: each image counts as its own patient, so splits cannot "
+            "keep a patient's images together (pass --patient-col)",
+            source,
+        )
     patient = df[patient_col].str.strip() if patient_col else paths
     view = df[view_col].str.strip().str.lower().map(_VIEWS) if view_col else None
     meta = {
@@ -121,6 +144,15 @@ def index_generic(
     frame = make_frame(meta, label_cols, len(df))
     img_root = Path(image_root) if image_root else root.parent
     if not img_root.is_dir():
-        raise CxrkitError(f"image root '{img_root}' is not a folder: pass --image-root with the images' folder.")
-    return finalize(frame, dataset="generic", root=img_root, sources=[root], check=check_images,
-                    drop_missing=drop_missing, extra={"csv": str(root.resolve())})
+        raise CxrkitError(
+            f"image root '{img_root}' is not a folder: pass --image-root with the images' folder."
+        )
+    return finalize(
+        frame,
+        dataset="generic",
+        root=img_root,
+        sources=[root],
+        check=check_images,
+        drop_missing=drop_missing,
+        extra={"csv": str(root.resolve())},
+    )

@@ -40,7 +40,9 @@ def _ids(df: pd.DataFrame, cols: list[str], source: str) -> pd.DataFrame:
     for c in cols:
         num = pd.to_numeric(out[c], errors="coerce")
         if num.isna().any():
-            raise CxrkitError(f"{source}: column '{c}' must hold integer ids; found '{out.loc[num.isna(), c].iloc[0]}'.")
+            raise CxrkitError(
+                f"{source}: column '{c}' must hold integer ids; found '{out.loc[num.isna(), c].iloc[0]}'."
+            )
         out[c] = num.astype(np.int64)
     return out
 
@@ -58,31 +60,57 @@ def index_mimic(
     label_file = find_file(root, f"{PREFIX}{labeler}.csv") if root.is_dir() else None
     meta_file = find_file(root, f"{PREFIX}metadata.csv") if root.is_dir() else None
     if label_file is None or meta_file is None:
-        missing = [n for n, f in ((f"{PREFIX}{labeler}.csv(.gz)", label_file),
-                                  (f"{PREFIX}metadata.csv(.gz)", meta_file)) if f is None]
+        missing = [
+            n
+            for n, f in (
+                (f"{PREFIX}{labeler}.csv(.gz)", label_file),
+                (f"{PREFIX}metadata.csv(.gz)", meta_file),
+            )
+            if f is None
+        ]
         raise not_this_dataset("mimic", root, f"found no {' and no '.join(missing)}")
     labels_df = _read(label_file)
-    require_columns(labels_df, ["subject_id", "study_id"], str(label_file),
-                    f"Is this MIMIC-CXR-JPG's {PREFIX}{labeler}.csv?")
+    require_columns(
+        labels_df,
+        ["subject_id", "study_id"],
+        str(label_file),
+        f"Is this MIMIC-CXR-JPG's {PREFIX}{labeler}.csv?",
+    )
     labels_df = _ids(labels_df, ["subject_id", "study_id"], str(label_file))
     if labels_df.duplicated(["subject_id", "study_id"]).any():
-        raise CxrkitError(f"{label_file}: a (subject_id, study_id) pair appears twice; labels are one row per study.")
+        raise CxrkitError(
+            f"{label_file}: a (subject_id, study_id) pair appears twice; labels are one row per study."
+        )
     meta_df = _read(meta_file)
-    require_columns(meta_df, ["dicom_id", "subject_id", "study_id", "ViewPosition"], str(meta_file),
-                    f"Is this MIMIC-CXR-JPG's {PREFIX}metadata.csv?")
+    require_columns(
+        meta_df,
+        ["dicom_id", "subject_id", "study_id", "ViewPosition"],
+        str(meta_file),
+        f"Is this MIMIC-CXR-JPG's {PREFIX}metadata.csv?",
+    )
     meta_df = _ids(meta_df, ["subject_id", "study_id"], str(meta_file))
-    df = meta_df.merge(labels_df, on=["subject_id", "study_id"], how="inner", validate="many_to_one")
+    df = meta_df.merge(
+        labels_df, on=["subject_id", "study_id"], how="inner", validate="many_to_one"
+    )
     n_unlabelled = len(meta_df) - len(df)
     if n_unlabelled:
-        log.warning("%d of %d images belong to studies without a row in %s: not indexed",
-                    n_unlabelled, len(meta_df), label_file.name)
+        log.warning(
+            "%d of %d images belong to studies without a row in %s: not indexed",
+            n_unlabelled,
+            len(meta_df),
+            label_file.name,
+        )
     sources = [label_file, meta_file]
     split_file = find_file(root, f"{PREFIX}split.csv")
     official = None
     if split_file is not None:
         split_df = _read(split_file)
-        require_columns(split_df, ["dicom_id", "split"], str(split_file), "Is this the MIMIC split file?")
-        split_map = dict(zip(split_df["dicom_id"], split_df["split"].replace({"validate": "valid"})))
+        require_columns(
+            split_df, ["dicom_id", "split"], str(split_file), "Is this the MIMIC split file?"
+        )
+        split_map = dict(
+            zip(split_df["dicom_id"], split_df["split"].replace({"validate": "valid"}), strict=False)
+        )
         official = df["dicom_id"].map(split_map)
         sources.append(split_file)
     sex = age = None
@@ -96,10 +124,21 @@ def index_mimic(
     subject = df["subject_id"].astype(str)
     study = df["study_id"].astype(str)
     view_pos = df["ViewPosition"].str.strip().str.upper()
-    view = np.where(view_pos.isin(_FRONTAL), "frontal",
-                    np.where(view_pos.isin(_LATERAL), "lateral", np.where(view_pos == "", None, "other")))
+    view = np.where(
+        view_pos.isin(_FRONTAL),
+        "frontal",
+        np.where(view_pos.isin(_LATERAL), "lateral", np.where(view_pos == "", None, "other")),
+    )
     meta = {
-        "path": "files/p" + subject.str[:2] + "/p" + subject + "/s" + study + "/" + df["dicom_id"] + ".jpg",
+        "path": "files/p"
+        + subject.str[:2]
+        + "/p"
+        + subject
+        + "/s"
+        + study
+        + "/"
+        + df["dicom_id"]
+        + ".jpg",
         "patient_id": subject,
         "study_id": study,
         "view": view,
@@ -109,7 +148,16 @@ def index_mimic(
         "dataset": np.full(len(df), "mimic", object),
         "official_split": official,
     }
-    labels = {f: parse_tristate(df[f], f, str(label_file)) for f in CHEXPERT_FINDINGS if f in df.columns}
+    labels = {
+        f: parse_tristate(df[f], f, str(label_file)) for f in CHEXPERT_FINDINGS if f in df.columns
+    }
     frame = make_frame(meta, labels, len(df))
-    return finalize(frame, dataset="mimic", root=root, sources=sources, check=check_images,
-                    drop_missing=drop_missing, extra={"labeler": labeler, "unlabelled_images": n_unlabelled})
+    return finalize(
+        frame,
+        dataset="mimic",
+        root=root,
+        sources=sources,
+        check=check_images,
+        drop_missing=drop_missing,
+        extra={"labeler": labeler, "unlabelled_images": n_unlabelled},
+    )

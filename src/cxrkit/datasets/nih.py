@@ -23,15 +23,24 @@ from cxrkit.findings import NIH_NAMES, canonical_name
 from cxrkit.index import BOX_COLUMNS, Index, finalize, make_frame
 
 LABEL_FILES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
-COLUMNS = ("Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
-           "Patient Gender", "View Position")
+COLUMNS = (
+    "Image Index",
+    "Finding Labels",
+    "Follow-up #",
+    "Patient ID",
+    "Patient Age",
+    "Patient Gender",
+    "View Position",
+)
 
 
 def image_locations(root: Path) -> dict[str, str]:
     """Map image file name → path relative to ``root`` over ``images/`` and ``images_NNN/images/``."""
     found: dict[str, str] = {}
-    dirs = [root / "images"] + sorted(root.glob("images_*/images")) + sorted(
-        p for p in root.glob("images_*") if p.is_dir()
+    dirs = (
+        [root / "images"]
+        + sorted(root.glob("images_*/images"))
+        + sorted(p for p in root.glob("images_*") if p.is_dir())
     )
     for d in dirs:
         if not d.is_dir():
@@ -53,7 +62,11 @@ def read_data_entry(path: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
         raise CxrkitError(f"{source}: cannot be read as the NIH label CSV ({e}).") from None
     header = [str(h).strip() for h in header]
-    wrong = [(i, want, got) for i, (want, got) in enumerate(zip(COLUMNS, header + [""] * 7)) if want != got]
+    wrong = [
+        (i, want, got)
+        for i, (want, got) in enumerate(zip(COLUMNS, header + [""] * 7, strict=False))
+        if want != got
+    ]
     if wrong or df.shape[1] < len(COLUMNS):
         i, want, got = wrong[0] if wrong else (len(header), COLUMNS[len(header)], "")
         raise CxrkitError(
@@ -77,7 +90,11 @@ def parse_finding_labels(labels: pd.Series, source: str) -> dict[str, np.ndarray
             + " Fix the label file."
         )
     return {
-        canon: (dummies[nih].to_numpy(np.float32) if nih in dummies.columns else np.zeros(len(labels), np.float32))
+        canon: (
+            dummies[nih].to_numpy(np.float32)
+            if nih in dummies.columns
+            else np.zeros(len(labels), np.float32)
+        )
         for nih, canon in NIH_NAMES.items()
     }
 
@@ -142,7 +159,9 @@ def index_nih(root: Path, *, check_images: bool = True, drop_missing: bool = Fal
         raise CxrkitError(f"{source}: 'Patient ID' must be a number; found {preview(bad, 3)}.")
     train_val = _read_list(find_file(root, "train_val_list.txt"))
     test = _read_list(find_file(root, "test_list.txt"))
-    official = np.where(names.isin(test), "test", np.where(names.isin(train_val), "train_val", None))
+    official = np.where(
+        names.isin(test), "test", np.where(names.isin(train_val), "train_val", None)
+    )
     meta = {
         "path": paths,
         "patient_id": patient.astype(np.int64).astype(str),
@@ -156,11 +175,21 @@ def index_nih(root: Path, *, check_images: bool = True, drop_missing: bool = Fal
     }
     labels = parse_finding_labels(df["Finding Labels"], source)
     frame = make_frame(meta, labels, len(df))
-    sources = [label_file] + [p for p in (find_file(root, "train_val_list.txt"),
-                                          find_file(root, "test_list.txt")) if p is not None]
+    sources = [label_file] + [
+        p
+        for p in (find_file(root, "train_val_list.txt"), find_file(root, "test_list.txt"))
+        if p is not None
+    ]
     box_file = find_file(root, "BBox_List_2017.csv")
     boxes = read_boxes(box_file, locations) if box_file else None
     if box_file:
         sources.append(box_file)
-    return finalize(frame, dataset="nih", root=root, sources=sources, check=check_images,
-                    drop_missing=drop_missing, boxes=boxes)
+    return finalize(
+        frame,
+        dataset="nih",
+        root=root,
+        sources=sources,
+        check=check_images,
+        drop_missing=drop_missing,
+        boxes=boxes,
+    )

@@ -43,34 +43,86 @@ MIMIC_PREFIX = "mimic-cxr-2.0.0-"
 #: Base log-odds of each planted finding (frontal film, average patient): CheXpert-like rates,
 #: a little richer for the rarest so that small synthetic sets still have positives.
 _LOGIT_CHEXPERT = {
-    "Enlarged Cardiomediastinum": -2.4, "Cardiomegaly": -1.9, "Lung Opacity": -1.9,
-    "Lung Lesion": -2.8, "Edema": -1.6, "Consolidation": -2.3, "Pneumonia": -2.9,
-    "Atelectasis": -1.5, "Pneumothorax": -2.3, "Pleural Effusion": -1.0, "Pleural Other": -3.5,
-    "Fracture": -3.0, "Support Devices": -0.3,
+    "Enlarged Cardiomediastinum": -2.4,
+    "Cardiomegaly": -1.9,
+    "Lung Opacity": -1.9,
+    "Lung Lesion": -2.8,
+    "Edema": -1.6,
+    "Consolidation": -2.3,
+    "Pneumonia": -2.9,
+    "Atelectasis": -1.5,
+    "Pneumothorax": -2.3,
+    "Pleural Effusion": -1.0,
+    "Pleural Other": -3.5,
+    "Fracture": -3.0,
+    "Support Devices": -0.3,
 }
 _LOGIT_NIH = {
-    "Atelectasis": -2.2, "Cardiomegaly": -2.9, "Pleural Effusion": -2.0, "Infiltration": -1.6,
-    "Mass": -2.9, "Nodule": -2.8, "Pneumonia": -3.6, "Pneumothorax": -2.9, "Consolidation": -3.1,
-    "Edema": -3.4, "Emphysema": -3.4, "Fibrosis": -3.6, "Pleural Thickening": -3.3, "Hernia": -4.2,
+    "Atelectasis": -2.2,
+    "Cardiomegaly": -2.9,
+    "Pleural Effusion": -2.0,
+    "Infiltration": -1.6,
+    "Mass": -2.9,
+    "Nodule": -2.8,
+    "Pneumonia": -3.6,
+    "Pneumothorax": -2.9,
+    "Consolidation": -3.1,
+    "Edema": -3.4,
+    "Emphysema": -3.4,
+    "Fibrosis": -3.6,
+    "Pleural Thickening": -3.3,
+    "Hernia": -4.2,
 }
 #: How strongly each finding follows the shared "how sick" and "heart failure" factors.
-_SICK = {"Support Devices": 1.0, "Pleural Effusion": 0.8, "Edema": 0.7, "Atelectasis": 0.6,
-         "Consolidation": 0.6, "Pneumonia": 0.5, "Lung Opacity": 0.6, "Infiltration": 0.5}
-_CARDIAC = {"Cardiomegaly": 1.2, "Enlarged Cardiomediastinum": 1.0, "Edema": 1.2, "Pleural Effusion": 0.8}
+_SICK = {
+    "Support Devices": 1.0,
+    "Pleural Effusion": 0.8,
+    "Edema": 0.7,
+    "Atelectasis": 0.6,
+    "Consolidation": 0.6,
+    "Pneumonia": 0.5,
+    "Lung Opacity": 0.6,
+    "Infiltration": 0.5,
+}
+_CARDIAC = {
+    "Cardiomegaly": 1.2,
+    "Enlarged Cardiomediastinum": 1.0,
+    "Edema": 1.2,
+    "Pleural Effusion": 0.8,
+}
 #: Per-finding rate at which a not-planted finding is still mentioned as negative in the report.
-_NEG_MENTION = {"Pneumothorax": 0.3, "Pleural Effusion": 0.25, "Edema": 0.15, "Consolidation": 0.2,
-                "Cardiomegaly": 0.1, "Enlarged Cardiomediastinum": 0.15, "Support Devices": 0.05}
+_NEG_MENTION = {
+    "Pneumothorax": 0.3,
+    "Pleural Effusion": 0.25,
+    "Edema": 0.15,
+    "Consolidation": 0.2,
+    "Cardiomegaly": 0.1,
+    "Enlarged Cardiomediastinum": 0.15,
+    "Support Devices": 0.05,
+}
 
 _CHEXPERT_HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_FINDINGS]
-_NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
-               "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
+_NIH_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+    "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
 _NIH_OF = {v: k for k, v in NIH_NAMES.items()}
 _BOX_NAME = {**_NIH_OF, "Infiltration": "Infiltrate"}  # BBox_List_2017 says "Infiltrate"
 _MIMIC_LABELS = sorted(CHEXPERT_FINDINGS)
-_MIMIC_META_HEADER = ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription",
-                      "ViewPosition", "Rows", "Columns", "StudyDate", "StudyTime",
-                      "ProcedureCodeSequence_CodeMeaning", "ViewCodeSequence_CodeMeaning",
-                      "PatientOrientationCodeSequence_CodeMeaning"]
+_MIMIC_META_HEADER = [
+    "dicom_id",
+    "subject_id",
+    "study_id",
+    "PerformedProcedureStepDescription",
+    "ViewPosition",
+    "Rows",
+    "Columns",
+    "StudyDate",
+    "StudyTime",
+    "ProcedureCodeSequence_CodeMeaning",
+    "ViewCodeSequence_CodeMeaning",
+    "PatientOrientationCodeSequence_CodeMeaning",
+]
 
 
 @dataclass
@@ -101,8 +153,13 @@ class SynthSettings:
     seed: int
 
     def to_dict(self) -> dict:
-        return {"layout": self.layout, "n": self.n, "size": self.size, "seed": self.seed,
-                "cxrkit_version": __version__}
+        return {
+            "layout": self.layout,
+            "n": self.n,
+            "size": self.size,
+            "seed": self.seed,
+            "cxrkit_version": __version__,
+        }
 
 
 def _sample_truth(rng: np.random.Generator, logits: dict[str, float]) -> dict[str, bool]:
@@ -118,9 +175,7 @@ def _sample_truth(rng: np.random.Generator, logits: dict[str, float]) -> dict[st
     return truth
 
 
-def _chexpert_label(
-    rng: np.random.Generator, finding: str, truth: dict[str, bool]
-) -> float:
+def _chexpert_label(rng: np.random.Generator, finding: str, truth: dict[str, bool]) -> float:
     """One noisy report label: 1, 0, -1 or NaN (not mentioned), drawn from the planted truth."""
     planted = truth.get(finding, False)
     implied = finding in set(PARENT.values()) and any(
@@ -166,15 +221,27 @@ def _plan(settings: SynthSettings) -> tuple[list[_Study], list[_Image]]:
         for k in range(n_studies):
             if len(images) >= settings.n:
                 break
-            study = _Study(patient=patient, ordinal=k + 1, truth=_sample_truth(rng, logits),
-                           age=min(age + k, 90))
+            study = _Study(
+                patient=patient,
+                ordinal=k + 1,
+                truth=_sample_truth(rng, logits),
+                age=min(age + k, 90),
+            )
             views = ["frontal"] + (["lateral"] if rng.random() < lateral_rate else [])
             for v_i, view in enumerate(views):
                 if len(images) >= settings.n:
                     break
                 proj = ("AP" if rng.random() < 0.75 else "PA") if view == "frontal" else "LATERAL"
-                images.append(_Image(path="", patient=patient, study=len(studies), view=view,
-                                     projection=proj, number=len(images)))
+                images.append(
+                    _Image(
+                        path="",
+                        patient=patient,
+                        study=len(studies),
+                        view=view,
+                        projection=proj,
+                        number=len(images),
+                    )
+                )
                 study.images.append(images[-1])
                 del v_i
             studies.append(study)
@@ -183,7 +250,9 @@ def _plan(settings: SynthSettings) -> tuple[list[_Study], list[_Image]]:
     return studies, images
 
 
-def _assign_splits(settings: SynthSettings, studies: list[_Study], rng: np.random.Generator) -> None:
+def _assign_splits(
+    settings: SynthSettings, studies: list[_Study], rng: np.random.Generator
+) -> None:
     patients = sorted({s.patient for s in studies})
     perm = rng.permutation(len(patients))
     if settings.layout == "chexpert":
@@ -253,17 +322,22 @@ def _dicom_id(seed: int, number: int) -> str:
 
 # ---- rendering (parallel, resumable) ----------------------------------------------------------
 
+
 def _render_one(task: tuple) -> tuple[int, dict[str, tuple[float, float, float, float]]]:
     from cxrkit.datasets.synth_render import render, sample_anatomy
 
     number, folder, path, seed, patient, findings, view, size, is_png = task
     anatomy = sample_anatomy(np.random.default_rng([seed, 1, patient]))
-    image, boxes = render(anatomy, findings, size=size, view=view,
-                          rng=np.random.default_rng([seed, 2, number]))
+    image, boxes = render(
+        anatomy, findings, size=size, view=view, rng=np.random.default_rng([seed, 2, number])
+    )
     target = Path(folder) / path
     if not target.exists():
-        ok, buf = cv2.imencode(".png" if is_png else ".jpg", image,
-                               [cv2.IMWRITE_PNG_COMPRESSION, 1] if is_png else [cv2.IMWRITE_JPEG_QUALITY, 92])
+        ok, buf = cv2.imencode(
+            ".png" if is_png else ".jpg",
+            image,
+            [cv2.IMWRITE_PNG_COMPRESSION, 1] if is_png else [cv2.IMWRITE_JPEG_QUALITY, 92],
+        )
         if not ok:
             raise RuntimeError(f"could not encode {path}")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -294,6 +368,7 @@ def _render_all(
 
 
 # ---- writers ---------------------------------------------------------------------------------
+
 
 def _fmt(v: float) -> str:
     return "" if np.isnan(v) else f"{v:.1f}"
@@ -336,10 +411,14 @@ def _write_chexpert(folder: Path, settings: SynthSettings, studies: list[_Study]
                 else:
                     v = _chexpert_label(rng, f, s.truth)
                 labels.append(_fmt(v))
-        sex = sex_of.setdefault(s.patient, "Female" if (s.patient * 7919 + settings.seed) % 2 else "Male")
+        sex = sex_of.setdefault(
+            s.patient, "Female" if (s.patient * 7919 + settings.seed) % 2 else "Male"
+        )
         for im in s.images:
             ap_pa = im.projection if im.view == "frontal" else ""
-            rows[s.split].append([f"{CHEXPERT_DIR}/{im.path}", sex, s.age, im.view.capitalize(), ap_pa, *labels])
+            rows[s.split].append(
+                [f"{CHEXPERT_DIR}/{im.path}", sex, s.age, im.view.capitalize(), ap_pa, *labels]
+            )
     for split, r in rows.items():
         write_text_atomic(folder / f"{split}.csv", _csv_text(_CHEXPERT_HEADER, r))
 
@@ -353,8 +432,21 @@ def _write_nih(folder: Path, settings: SynthSettings, studies: list[_Study]) -> 
         sex = "F" if (s.patient * 7919 + settings.seed) % 2 else "M"
         for im in s.images:
             name = im.path.split("/")[-1]
-            rows.append([name, label, s.ordinal - 1, s.patient, s.age, sex, im.projection,
-                         settings.size, settings.size, spacing, spacing])
+            rows.append(
+                [
+                    name,
+                    label,
+                    s.ordinal - 1,
+                    s.patient,
+                    s.age,
+                    sex,
+                    im.projection,
+                    settings.size,
+                    settings.size,
+                    spacing,
+                    spacing,
+                ]
+            )
             lists[s.split].append(name)
     write_text_atomic(folder / "Data_Entry_2017_v2020.csv", _csv_text(_NIH_HEADER, rows))
     write_text_atomic(folder / "train_val_list.txt", "".join(f"{n}\n" for n in lists["train_val"]))
@@ -370,44 +462,76 @@ def _write_mimic(folder: Path, settings: SynthSettings, studies: list[_Study]) -
         subject, study_id = parts[2][1:], parts[3][1:]
         for which, labeler in enumerate(("chexpert", "negbio")):
             rng = _label_rng(settings, s_i, which)
-            values = {f: _chexpert_label(rng, f, s.truth) for f in CHEXPERT_FINDINGS if f != NO_FINDING}
+            values = {
+                f: _chexpert_label(rng, f, s.truth) for f in CHEXPERT_FINDINGS if f != NO_FINDING
+            }
             nf = _full_truth(s.truth, CHEXPERT_FINDINGS)[NO_FINDING]
             values[NO_FINDING] = 1.0 if nf and rng.random() < 0.9 else np.nan
-            label_rows[labeler].append([subject, study_id, *(_fmt(values[f]) for f in _MIMIC_LABELS)])
+            label_rows[labeler].append(
+                [subject, study_id, *(_fmt(values[f]) for f in _MIMIC_LABELS)]
+            )
         date = 21000101 + s.ordinal
         for im in s.images:
             dicom = im.path.rsplit("/", 1)[-1][:-4]
             desc = "CHEST (PA AND LAT)" if len(s.images) > 1 else "CHEST (PORTABLE AP)"
             orient = "Erect"
-            view_name = {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral"}[im.projection]
-            meta_rows.append([dicom, subject, study_id, desc, im.projection, settings.size, settings.size,
-                              date, "120000.000", desc, view_name, orient])
+            view_name = {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral"}[
+                im.projection
+            ]
+            meta_rows.append(
+                [
+                    dicom,
+                    subject,
+                    study_id,
+                    desc,
+                    im.projection,
+                    settings.size,
+                    settings.size,
+                    date,
+                    "120000.000",
+                    desc,
+                    view_name,
+                    orient,
+                ]
+            )
             split_rows.append([dicom, study_id, subject, s.split])
     header = ["subject_id", "study_id", *_MIMIC_LABELS]
     for labeler, rows in label_rows.items():
         _write_gz(folder / f"{MIMIC_PREFIX}{labeler}.csv.gz", _csv_text(header, rows))
     _write_gz(folder / f"{MIMIC_PREFIX}metadata.csv.gz", _csv_text(_MIMIC_META_HEADER, meta_rows))
-    _write_gz(folder / f"{MIMIC_PREFIX}split.csv.gz",
-              _csv_text(["dicom_id", "study_id", "subject_id", "split"], split_rows))
+    _write_gz(
+        folder / f"{MIMIC_PREFIX}split.csv.gz",
+        _csv_text(["dicom_id", "study_id", "subject_id", "split"], split_rows),
+    )
 
 
 def _write_truth_and_boxes(
-    folder: Path, settings: SynthSettings, studies: list[_Study], images: list[_Image], boxes: dict[int, dict]
+    folder: Path,
+    settings: SynthSettings,
+    studies: list[_Study],
+    images: list[_Image],
+    boxes: dict[int, dict],
 ) -> None:
     findings = list(_LOGIT_NIH if settings.layout == "nih" else _LOGIT_CHEXPERT)
     truth_rows, box_rows = [], []
     for im in images:
         s = studies[im.study]
         truth = _full_truth(s.truth, findings)
-        truth_rows.append([im.path, im.patient, im.study, im.view, *(int(truth[f]) for f in findings)])
+        truth_rows.append(
+            [im.path, im.patient, im.study, im.view, *(int(truth[f]) for f in findings)]
+        )
         name = im.path.split("/")[-1] if settings.layout == "nih" else im.path
         for f, (x, y, w, h) in sorted(boxes.get(im.number, {}).items()):
             label = _BOX_NAME.get(f, f) if settings.layout == "nih" else f
             box_rows.append([name, label, f"{x:.2f}", f"{y:.2f}", f"{w:.2f}", f"{h:.2f}"])
-    write_text_atomic(folder / "synthetic_truth.csv",
-                      _csv_text(["path", "patient", "study", "view", *findings], truth_rows))
-    write_text_atomic(folder / "BBox_List_2017.csv",
-                      _csv_text("Image Index,Finding Label,Bbox [x,y,w,h],,,", box_rows))
+    write_text_atomic(
+        folder / "synthetic_truth.csv",
+        _csv_text(["path", "patient", "study", "view", *findings], truth_rows),
+    )
+    write_text_atomic(
+        folder / "BBox_List_2017.csv",
+        _csv_text("Image Index,Finding Label,Bbox [x,y,w,h],,,", box_rows),
+    )
 
 
 def generate(
@@ -454,23 +578,43 @@ def generate(
             k: v for k, v in settings.to_dict().items() if k != "cxrkit_version"
         }:
             return folder
-        raise CxrkitError(f"'{out}' already holds a synthetic dataset made with other settings "
-                          f"({done}); choose another --out folder.")
+        raise CxrkitError(
+            f"'{out}' already holds a synthetic dataset made with other settings "
+            f"({done}); choose another --out folder."
+        )
     partial = folder / ".synthetic-partial"
     if partial.is_file() and json.loads(partial.read_text() or "{}") != settings.to_dict():
-        raise CxrkitError(f"'{out}' holds an unfinished synthetic dataset made with other settings "
-                          f"({partial.read_text()}); rerun with those settings or choose another --out.")
+        raise CxrkitError(
+            f"'{out}' holds an unfinished synthetic dataset made with other settings "
+            f"({partial.read_text()}); rerun with those settings or choose another --out."
+        )
     if out.exists() and any(out.iterdir()) and not partial.is_file():
         raise CxrkitError(f"'{out}' exists and is not empty: choose a new --out folder.")
     folder.mkdir(parents=True, exist_ok=True)
     partial.write_text(json.dumps(settings.to_dict()))
 
     studies, images = _plan(settings)
-    findings_of = {i: [f for f, v in studies[im.study].truth.items() if v] for i, im in enumerate(images)}
-    tasks = [(im.number, str(folder), im.path, seed, im.patient, findings_of[im.number], im.view, size,
-              layout == "nih") for im in images]
+    findings_of = {
+        i: [f for f, v in studies[im.study].truth.items() if v] for i, im in enumerate(images)
+    }
+    tasks = [
+        (
+            im.number,
+            str(folder),
+            im.path,
+            seed,
+            im.patient,
+            findings_of[im.number],
+            im.view,
+            size,
+            layout == "nih",
+        )
+        for im in images
+    ]
     boxes = _render_all(tasks, workers or os.cpu_count() or 1, progress)
-    {"chexpert": _write_chexpert, "nih": _write_nih, "mimic": _write_mimic}[layout](folder, settings, studies)
+    {"chexpert": _write_chexpert, "nih": _write_nih, "mimic": _write_mimic}[layout](
+        folder, settings, studies
+    )
     _write_truth_and_boxes(folder, settings, studies, images, boxes)
     write_text_atomic(marker, json.dumps(settings.to_dict(), indent=2))
     partial.unlink()
