@@ -257,3 +257,18 @@ def read_index(path: str | os.PathLike[str]) -> Index:
         if col != "age" and col in frame.columns:
             frame[col] = frame[col].astype("string")
     return Index(frame=frame, meta=meta, boxes=boxes)
+
+
+def index_fingerprint(frame: pd.DataFrame) -> str:
+    """SHA-256 of the index's identity: its image paths and patients, in order.
+
+    Artifacts made from an index (splits, caches) record it, so that one made for another index,
+    or for the same index with rows added, removed or reordered, is refused instead of misused.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for col in ("path", "patient_id"):
+        h.update("\x1f".join(frame[col].astype(str).tolist()).encode())
+        h.update(b"\x1e")
+    return h.hexdigest()

@@ -263,36 +263,31 @@ def test_generic_index(tmp_path: Path):
 # ---- bad input -----------------------------------------------------------------------------------
 
 
-def test_missing_column(chexpert: Path):
-    text = (chexpert / "train.csv").read_text().replace("Frontal/Lateral", "View")
-    (chexpert / "train.csv").write_text(text)
-    with pytest.raises(CxrkitError, match=r"missing column\(s\) 'Frontal/Lateral'; found"):
-        build_index("chexpert", chexpert)
-
-
-def test_label_value_outside_tristate(chexpert: Path):
-    text = (chexpert / "train.csv").read_text().replace(",-1.0,", ",2.0,", 1)
-    (chexpert / "train.csv").write_text(text)
-    with pytest.raises(
-        CxrkitError, match=r"column 'Cardiomegaly' has 1 value\(s\) outside 1/0/-1/blank.*'2.0'"
-    ):
-        build_index("chexpert", chexpert)
-
-
-def test_unknown_nih_label(tmp_path: Path):
-    write_nih(tmp_path)
-    p = tmp_path / "Data_Entry_2017_v2020.csv"
-    p.write_text(p.read_text().replace("Hernia|", "Hernai|"))
-    with pytest.raises(CxrkitError, match="did you mean 'Hernia'"):
-        build_index("nih", tmp_path)
-
-
-def test_renamed_nih_column(tmp_path: Path):
-    write_nih(tmp_path)
-    p = tmp_path / "Data_Entry_2017_v2020.csv"
-    p.write_text(p.read_text().replace("Patient ID", "PatientID"))
-    with pytest.raises(CxrkitError, match="column 4 is 'PatientID', expected 'Patient ID'"):
-        build_index("nih", tmp_path)
+@pytest.mark.parametrize(
+    ("dataset", "old", "new", "message"),
+    [
+        ("chexpert", "Frontal/Lateral", "View", r"missing column\(s\) 'Frontal/Lateral'; found"),
+        (
+            "chexpert",
+            ",-1.0,",
+            ",2.0,",
+            r"column 'Cardiomegaly' has 1 value\(s\) outside 1/0/-1/blank.*'2.0'",
+        ),
+        ("nih", "Hernia|", "Hernai|", "did you mean 'Hernia'"),
+        ("nih", "Patient ID", "PatientID", "column 4 is 'PatientID', expected 'Patient ID'"),
+    ],
+)
+def test_corrupted_label_file(tmp_path: Path, chexpert: Path, dataset, old, new, message):
+    """A renamed column, a value outside 1/0/-1/blank, an unknown label: one clear error each."""
+    if dataset == "nih":
+        root, label_file = tmp_path / "nih", tmp_path / "nih" / "Data_Entry_2017_v2020.csv"
+        root.mkdir()
+        write_nih(root)
+    else:
+        root, label_file = chexpert, chexpert / "train.csv"
+    label_file.write_text(label_file.read_text().replace(old, new, 1))
+    with pytest.raises(CxrkitError, match=message):
+        build_index(dataset, root)
 
 
 def test_duplicate_paths(chexpert: Path):
@@ -352,3 +347,16 @@ def test_cli_bad_inputs_are_one_line(tmp_path: Path, chexpert: Path, run_cli):
     assert_one_line_error(code, err, "did you mean 'chexpert'")
     code, _, err = run_cli("labels", chexpert / "train.csv")
     assert_one_line_error(code, err, "not a Parquet index")
+
+
+def test_index_fingerprint_changes_with_rows(chexpert: Path):
+    from cxrkit.index import index_fingerprint
+
+    f = build_index("chexpert", chexpert).frame
+    fp = index_fingerprint(f)
+    assert fp == index_fingerprint(f.copy()) and len(fp) == 64
+    assert fp != index_fingerprint(f.iloc[::-1])
+    assert fp != index_fingerprint(f.iloc[1:])
+    g = f.copy()
+    g.loc[0, "patient_id"] = "patient99999"
+    assert fp != index_fingerprint(g)
