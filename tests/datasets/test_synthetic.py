@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_one_line_error
 
+from conftest import assert_one_line_error
 from cxrkit.datasets import build_index
 from cxrkit.datasets.nih import read_boxes
 from cxrkit.datasets.synthetic import generate
@@ -37,7 +37,11 @@ def test_chexpert_layout_indexes(chexpert_synth: Path):
     f = ix.frame
     assert len(f) == 300
     assert set(f["official_split"]) == {"train", "valid"}
-    assert f["path"].str.match(r"^(train|valid)/patient\d{5}/study\d+/view\d_(frontal|lateral)\.jpg$").all()
+    assert (
+        f["path"]
+        .str.match(r"^(train|valid)/patient\d{5}/study\d+/view\d_(frontal|lateral)\.jpg$")
+        .all()
+    )
     per_patient = f.groupby("patient_id")["study_id"].nunique()
     assert per_patient.max() >= 2  # several studies per patient
     assert 0.05 < (f["view"] == "lateral").mean() < 0.35
@@ -51,9 +55,7 @@ def test_chexpert_layout_indexes(chexpert_synth: Path):
 
 def test_chexpert_parents_left_blank_sometimes(chexpert_synth: Path):
     f = build_index("chexpert", chexpert_synth.parent).frame
-    inconsistent = sum(
-        int(((f[c] == 1) & f[p].isna()).sum()) for c, p in PARENT.items()
-    )
+    inconsistent = sum(int(((f[c] == 1) & f[p].isna()).sum()) for c, p in PARENT.items())
     assert inconsistent > 0  # so the hierarchy fix has work to do, as on the real data
     fixed = LabelPolicy(hierarchy="positive").apply(f)
     for c, p in PARENT.items():
@@ -66,14 +68,21 @@ def test_truth_and_boxes(chexpert_synth: Path):
     assert len(truth) == 300 and set(truth.columns[:4]) == {"path", "patient", "study", "view"}
     ix = build_index("chexpert", chexpert_synth.parent)
     assert set(truth["path"]) == set(ix.frame["path"])
-    valid = ix.frame[ix.frame["official_split"] == "valid"].merge(truth, on="path", suffixes=("", "_t"))
+    valid = ix.frame[ix.frame["official_split"] == "valid"].merge(
+        truth, on="path", suffixes=("", "_t")
+    )
     for f in ("Cardiomegaly", "Edema", "Pleural Effusion"):
         assert (valid[f] == valid[f"{f}_t"]).all()  # radiologist-grade labels equal the truth
     boxes = read_boxes(chexpert_synth / "BBox_List_2017.csv", {})
     assert len(boxes) > 0
     assert set(boxes["path"]) <= set(truth["path"])
-    assert ((boxes["x"] >= 0) & (boxes["y"] >= 0) & (boxes["x"] + boxes["w"] <= 64.5)
-            & (boxes["y"] + boxes["h"] <= 64.5) & (boxes["w"] > 0)).all()
+    assert (
+        (boxes["x"] >= 0)
+        & (boxes["y"] >= 0)
+        & (boxes["x"] + boxes["w"] <= 64.5)
+        & (boxes["y"] + boxes["h"] <= 64.5)
+        & (boxes["w"] > 0)
+    ).all()
     merged = boxes.merge(truth, on="path")
     for f, rows in merged.groupby("finding"):
         if f in truth.columns:

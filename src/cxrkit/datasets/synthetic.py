@@ -19,11 +19,10 @@ images already written are kept (each is written atomically), the rest are rende
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
-import multiprocessing as mp
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from cxrkit import __version__
 from cxrkit.errors import CxrkitError, did_you_mean
 from cxrkit.fileio import write_bytes_atomic, write_text_atomic
 from cxrkit.findings import CHEXPERT_FINDINGS, NIH_NAMES, NO_FINDING, NON_PATHOLOGY, PARENT
+from cxrkit.parallel import process_pool, usable_cores
 
 LAYOUTS = ("chexpert", "nih", "mimic")
 CHEXPERT_DIR = "CheXpert-v1.0-small"
@@ -349,21 +349,16 @@ def _render_all(
     tasks: list[tuple], workers: int, progress: Callable[[int], None] | None
 ) -> dict[int, dict]:
     boxes: dict[int, dict] = {}
-    if workers <= 1 or len(tasks) < 64:
-        results: Iterator = map(_render_one, tasks)
-        pool = None
-    else:
-        pool = mp.get_context("fork" if os.name == "posix" else "spawn").Pool(workers)
-        results = pool.imap_unordered(_render_one, tasks, chunksize=16)
-    try:
+    with contextlib.ExitStack() as stack:
+        if workers <= 1 or len(tasks) < 64:
+            results: Iterator = map(_render_one, tasks)
+        else:
+            pool = stack.enter_context(process_pool(workers))
+            results = pool.imap_unordered(_render_one, tasks, chunksize=16)
         for number, b in results:
             boxes[number] = b
             if progress:
                 progress(1)
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
     return boxes
 
 
@@ -611,7 +606,7 @@ def generate(
         )
         for im in images
     ]
-    boxes = _render_all(tasks, workers or os.cpu_count() or 1, progress)
+    boxes = _render_all(tasks, workers or usable_cores(), progress)
     {"chexpert": _write_chexpert, "nih": _write_nih, "mimic": _write_mimic}[layout](
         folder, settings, studies
     )

@@ -1,0 +1,73 @@
+"""A process pool for the CPU-bound stages (synthetic rendering, cache building).
+
+Workers are forked (cheap, and a user's script needs no ``if __name__ == "__main__"`` guard) with
+OpenCV set to one thread *in the parent* before the fork: calling ``cv2.setNumThreads`` in a forked
+child can hang for ever when the parent's OpenCV thread pool was busy at the fork. One process per
+core; OpenCV's own threads would only compete with the other workers. Workers ignore Ctrl-C (the
+parent handles it and ends the pool) and, on Linux, die with the parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+from collections.abc import Iterator
+from multiprocessing.pool import Pool
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask on Linux)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def one_cv2_thread() -> Iterator[None]:
+    """OpenCV single-threaded inside the block, then as before."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
+def _worker_init() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    import cv2
+
+    if cv2.getNumThreads() != 1:  # a spawned worker (no fork): nothing inherited, nothing to hang
+        cv2.setNumThreads(1)
+
+
+def _die_with_parent() -> None:
+    """Linux: end this worker when the parent is killed, instead of finishing work for nobody."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError, ValueError):  # not Linux: workers stop on a broken pipe
+        pass
+
+
+@contextlib.contextmanager
+def process_pool(workers: int) -> Iterator[Pool]:
+    """A pool of ``workers`` processes, set up as the module docstring says; closed on exit."""
+    ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
+    with one_cv2_thread():  # inherited by the forked workers
+        pool = ctx.Pool(workers, initializer=_worker_init)
+    try:
+        yield pool
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
