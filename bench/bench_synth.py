@@ -15,7 +15,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
-
 from cxrkit.datasets.synthetic import generate  # noqa: E402
 
 
@@ -33,8 +32,16 @@ def main() -> None:
                 t0 = time.perf_counter()
                 generate(layout, Path(tmp) / "d", n=args.n, size=size, seed=0, workers=args.workers)
                 dt = time.perf_counter() - t0
-            rows.append({"layout": layout, "size px": size, "images": args.n, "workers": args.workers,
-                         "seconds": f"{dt:.2f}", "images/s": f"{args.n / dt:,.0f}"})
+            rows.append(
+                {
+                    "layout": layout,
+                    "size px": size,
+                    "images": args.n,
+                    "workers": args.workers,
+                    "seconds": f"{dt:.2f}",
+                    "images/s": f"{args.n / dt:,.0f}",
+                }
+            )
             print(rows[-1], flush=True)
     cmd = "uv run python bench/bench_synth.py " + " ".join(sys.argv[1:])
     report("synth", cmd.strip(), rows)

@@ -74,7 +74,9 @@ def test_per_finding_uncertain_override():
         hierarchy="none",
     )
     t = pol.apply(frame)
-    got = dict(zip(t.findings, zip(t.y[0].tolist(), t.mask[0].tolist(), strict=False), strict=False))
+    got = dict(
+        zip(t.findings, zip(t.y[0].tolist(), t.mask[0].tolist(), strict=False), strict=False)
+    )
     assert got["Atelectasis"] == (1.0, True)
     assert got["Edema"] == (0.0, False)
     assert got["Cardiomegaly"] == (0.0, True)

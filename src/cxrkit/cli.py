@@ -188,9 +188,7 @@ UncertainForOpt = Annotated[
     str | None, typer.Option(help="Per-finding overrides, e.g. 'Atelectasis=ones,Edema=ones'.")
 ]
 BlankOpt = Annotated[str | None, typer.Option(help="Blank labels: zero or ignore.")]
-HierarchyOpt = Annotated[
-    str | None, typer.Option(help="positive (the thesis), propagate or none.")
-]
+HierarchyOpt = Annotated[str | None, typer.Option(help="positive (the thesis), propagate or none.")]
 ViewsOpt = Annotated[str | None, typer.Option(help="all, frontal, lateral, ap or pa.")]
 FindingsOpt = Annotated[
     str | None, typer.Option(help="all, competition, chexpert, nih, or comma-separated names.")
@@ -330,6 +328,176 @@ def synth_cmd(
         )
     console.print(f"[green]wrote[/green] {n:,} synthetic {layout} images ({size} px) to {folder}")
     console.print(f"next: cxrkit index {layout} {folder} --out index.parquet")
+
+
+# ---- split ---------------------------------------------------------------------------------------
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    items = [t.strip() for t in text.split(",")]
+    try:
+        return tuple(float(t) for t in items)
+    except ValueError:
+        raise CxrkitError(
+            f"--fractions takes comma-separated numbers summing to 1, e.g. 0.7,0.1,0.2; got '{text}'."
+        ) from None
+
+
+def _print_split_report(report: dict, title: str) -> None:
+    parts = report["parts"]
+    t = Table(title=title, title_justify="left")
+    t.add_column("finding")
+    t.add_column("whole", justify="right")
+    for p in parts:
+        t.add_column(p, justify="right")
+    t.add_column("max dev (pp)", justify="right")
+    for finding, r in report["findings"].items():
+        prev = r["prevalence"]
+        t.add_row(
+            finding,
+            *("—" if prev[k] is None else f"{100 * prev[k]:.2f}%" for k in ["whole", *parts]),
+            f"{r['max_dev_pp']:.2f}",
+        )
+    console.print(t)
+    console.print(
+        " · ".join(
+            f"{p}: {report['patients'][p]:,} patients, {report['images'][p]:,} images"
+            for p in parts
+        )
+    )
+
+
+@app.command("split")
+def split_cmd(
+    index: Annotated[Path, typer.Argument(help="An index.parquet written by `cxrkit index`.")],
+    policy: PolicyOpt = None,
+    uncertain: UncertainOpt = None,
+    uncertain_for: UncertainForOpt = None,
+    blank: BlankOpt = None,
+    hierarchy: HierarchyOpt = None,
+    views: ViewsOpt = None,
+    findings: FindingsOpt = None,
+    no_finding: NoFindingOpt = None,
+    method: Annotated[
+        str, typer.Option(help="iterative (default), labelset, random or official.")
+    ] = "iterative",
+    fractions: Annotated[
+        str | None,
+        typer.Option(help="Shares of the images: 0.7,0.1,0.2 (default, train/val/test), 0.8,0.2…"),
+    ] = None,
+    folds: Annotated[
+        int | None, typer.Option(help="Make K equal folds instead of fractions.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
+    official_val: Annotated[
+        float | None,
+        typer.Option(
+            help="official, NIH: carve this share of train_val into val (patient-grouped, iterative)."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The splits file to write.")] = Path(
+        "splits.parquet"
+    ),
+    report_json: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write the report (default: <out stem>.report.json beside --out)."
+        ),
+    ] = None,
+) -> None:
+    """Split an index into patient-disjoint parts stratified on a label policy's targets, with a report."""
+    from cxrkit.fileio import write_text_atomic
+    from cxrkit.index import read_index
+    from cxrkit.splits import make_splits, write_splits
+
+    pol = _policy(
+        policy, uncertain, uncertain_for, blank, hierarchy, views, findings, no_finding, None
+    )
+    if fractions is not None and (folds is not None or method == "official"):
+        logging.getLogger(__name__).warning(
+            "--fractions %s is ignored with %s",
+            fractions,
+            "--folds" if folds else "--method official",
+        )
+    fr = _fractions(fractions) if fractions is not None else (0.7, 0.1, 0.2)
+    ix = read_index(index)
+    targets = pol.apply(ix.frame, ix.findings)
+    splits = make_splits(
+        ix.frame,
+        targets,
+        method=method,
+        fractions=fr,
+        folds=folds,
+        seed=seed,
+        official_val=official_val,
+    )
+    write_splits(splits, out)
+    report_path = report_json or out.parent / f"{out.stem}.report.json"
+    write_text_atomic(
+        report_path, json.dumps({"meta": splits.meta, "report": splits.report}, indent=2)
+    )
+    rep = splits.report
+    _print_split_report(
+        rep,
+        f"{ix.meta.get('dataset')}: {method} split of {len(ix):,} images, seed {seed}; "
+        f"prevalence per part (largest deviation {rep['max_dev_pp']:.2f} pp, {rep['max_dev_finding']})",
+    )
+    console.print(f"[green]wrote[/green] {out} and {report_path}")
+
+
+# ---- cache ---------------------------------------------------------------------------------------
+
+
+@app.command("cache")
+def cache_cmd(
+    index: Annotated[Path, typer.Argument(help="An index.parquet written by `cxrkit index`.")],
+    size: Annotated[int, typer.Option(help="Side of the square cached images, pixels.")] = 224,
+    fit: Annotated[
+        str, typer.Option(help="pad (letterbox), crop (centre) or stretch: how to make it square.")
+    ] = "pad",
+    workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder of caches; one sub-folder per settings.")
+    ] = Path("cache"),
+) -> None:
+    """Decode every image once (PNG/JPEG/DICOM), resize, store uint8 in one memory-mapped file."""
+    from cxrkit.cache import build_cache, check_settings
+    from cxrkit.errors import preview
+    from cxrkit.index import read_index
+
+    check_settings(size, fit)
+    ix = read_index(index)
+    with _progress() as bar:
+        task = bar.add_task("cache", total=len(ix))
+        info = build_cache(
+            ix,
+            out,
+            size=size,
+            fit=fit,
+            workers=workers,
+            progress=lambda k: bar.advance(task, k),
+            on_start=lambda todo: bar.update(task, total=todo),
+        )
+    failed = len(info.failed)
+    if info.decoded == 0 and info.resumed == 0:
+        console.print(f"[green]up to date[/green] {info.path}: nothing to do")
+    else:
+        rate = info.decoded / info.seconds if info.seconds > 0 else 0.0
+        console.print(
+            f"[green]wrote[/green] {info.path}: decoded {info.decoded:,} images in "
+            f"{info.seconds:.1f} s ({rate:,.0f} img/s)"
+            + (f"; {info.resumed:,} were done by an earlier run" if info.resumed else "")
+        )
+    console.print(
+        f"{info.n_ok:,} of {info.n:,} images ok, {failed:,} failed; {info.shape[1]}×{info.shape[2]} "
+        f"uint8, {info.bytes_per_image:,.0f} bytes per image on disk"
+    )
+    if failed:
+        console.print(
+            f"[yellow]unreadable (stored as zeros, ok=False):[/yellow] "
+            f"{preview([f['path'] for f in info.failed], 5)}; all listed in {info.path / 'manifest.json'}",
+            highlight=False,
+        )
 
 
 # ---- demo ----------------------------------------------------------------------------------------

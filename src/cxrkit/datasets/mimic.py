@@ -109,7 +109,9 @@ def index_mimic(
             split_df, ["dicom_id", "split"], str(split_file), "Is this the MIMIC split file?"
         )
         split_map = dict(
-            zip(split_df["dicom_id"], split_df["split"].replace({"validate": "valid"}), strict=False)
+            zip(
+                split_df["dicom_id"], split_df["split"].replace({"validate": "valid"}), strict=False
+            )
         )
         official = df["dicom_id"].map(split_map)
         sources.append(split_file)
