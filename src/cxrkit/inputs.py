@@ -298,47 +298,57 @@ class InputPipeline(torch.nn.Module):
     def _forward_opencv(
         self, batch: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
+        """CPU path: per image in a thread pool, OpenCV augments, equalises and applies CLAHE, and
+        a float look-up table (``cv2.LUT``) normalises each grey level in one pass."""
         b, h, w = batch.shape
         imgs = batch.contiguous().numpy()
         c = self.channels
-        out = torch.empty((b, c, h, w), dtype=torch.float32)
-        arr = out.numpy()
-        mean = self.mean.view(-1).cpu().numpy()
-        std = self.std.view(-1).cpu().numpy()
         if self.aug is not None:
             m, bright, contrast = (t.numpy() for t in augment_params(b, h, w, self.aug, generator))
+        out = torch.empty((b, c, h, w), dtype=torch.float32)
+        arr = out.numpy()
+        mean = self.mean.view(-1).cpu().numpy().astype(np.float64)
+        std = self.std.view(-1).cpu().numpy().astype(np.float64)
+        grey = np.arange(256, dtype=np.float64) / 255
+        luts = [((grey - mean[k]) / std[k]).astype(np.float32) for k in range(c)]
         local = threading.local()  # a cv2.CLAHE object keeps buffers: one per thread
 
         def one(i: int) -> None:
             img = imgs[i]
             if self.aug is not None:
                 f = _augment_cv2(img.astype(np.float32) * (1 / 255), m[i])
-                f = np.clip((f - f.mean()) * contrast[i] + f.mean() + bright[i], 0, 1)
+                mu = f.mean()
+                f = np.clip((f - mu) * contrast[i] + mu + bright[i], 0, 1)
                 img = np.round(f * 255).astype(np.uint8)
-                base = f
+                for k in range(1 if self.mode == "enhanced" else c):  # channel 0 stays float
+                    np.multiply(f, 1 / std[k], out=arr[i, k])
+                    arr[i, k] -= mean[k] / std[k]
             else:
-                base = img
-            scale = 1 / 255 if base.dtype == np.uint8 else 1.0
-            np.multiply(base, scale / std[0], out=arr[i, 0], casting="unsafe")
-            arr[i, 0] -= mean[0] / std[0]
+                for k in range(1 if self.mode == "enhanced" else c):
+                    cv2.LUT(img, luts[k], dst=arr[i, k])
             if self.mode == "enhanced":
-                arr[i, 1] = cv2.equalizeHist(img)
                 if not hasattr(local, "clahe"):
                     local.clahe = cv2.createCLAHE(clipLimit=self.clip_limit, tileGridSize=(8, 8))
-                arr[i, 2] = local.clahe.apply(img)
-                for k in (1, 2):
-                    arr[i, k] *= 1 / (255 * std[k])
-                    arr[i, k] -= mean[k] / std[k]
-            elif self.mode == "gray3":
-                for k in (1, 2):
-                    np.multiply(base, scale / std[k], out=arr[i, k], casting="unsafe")
-                    arr[i, k] -= mean[k] / std[k]
+                cv2.LUT(cv2.equalizeHist(img), luts[1], dst=arr[i, 1])
+                cv2.LUT(local.clahe.apply(img), luts[2], dst=arr[i, 2])
 
-        workers = max(1, min(torch.get_num_threads(), b))
-        if workers == 1:
+        pool = self._threads(b)
+        if pool is None:
             for i in range(b):
                 one(i)
         else:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(one, range(b)))
+            list(pool.map(one, range(b)))
         return out
+
+    def _threads(self, b: int) -> ThreadPoolExecutor | None:
+        n = max(1, min(torch.get_num_threads(), b))
+        if n == 1:
+            return None
+        if getattr(self, "_pool", None) is None or self._pool._max_workers != n:
+            self._pool = ThreadPoolExecutor(n, thread_name_prefix="cxrkit-inputs")
+        return self._pool
+
+    def __getstate__(self) -> dict:  # a thread pool does not pickle (DataLoader workers, DDP)
+        state = dict(self.__dict__)
+        state.pop("_pool", None)
+        return state
