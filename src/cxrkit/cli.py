@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -28,6 +29,8 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(soft_wrap=True)
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    console.width = 120  # tables piped to a file or a log: rich would squeeze them into 80 columns
 err_console = Console(stderr=True)
 
 
@@ -208,7 +211,7 @@ def _print_label_table(table, title: str) -> None:
         ("masked", "right"),
         ("neg:pos", "right"),
     ):
-        t.add_column(col, justify=justify)
+        t.add_column(col, justify=justify, no_wrap=(col == "finding"))
     for r in table.itertuples(index=False):
         ratio = "—" if r.neg_pos_ratio == float("inf") else f"{r.neg_pos_ratio:.2f}"
         t.add_row(
@@ -346,7 +349,7 @@ def _fractions(text: str) -> tuple[float, ...]:
 def _print_split_report(report: dict, title: str) -> None:
     parts = report["parts"]
     t = Table(title=title, title_justify="left")
-    t.add_column("finding")
+    t.add_column("finding", no_wrap=True)
     t.add_column("whole", justify="right")
     for p in parts:
         t.add_column(p, justify="right")
