@@ -19,6 +19,7 @@ def make_index(labels: dict[str, list[float]], **meta) -> pd.DataFrame:
     n = len(next(iter(labels.values())))
     frame = pd.DataFrame({c: pd.array([pd.NA] * n, dtype="string") for c in META_COLUMNS})
     frame["age"] = np.nan
+    frame["dataset"] = pd.array(meta.get("dataset", ["chexpert"] * n), dtype="string")
     frame["view"] = pd.array(meta.get("view", ["frontal"] * n), dtype="string")
     frame["projection"] = pd.array(meta.get("projection", ["AP"] * n), dtype="string")
     for name, values in labels.items():
@@ -219,7 +220,7 @@ def test_policy_files_in_configs_match_presets():
 def test_policy_yaml_errors(tmp_path):
     bad = tmp_path / "p.yaml"
     bad.write_text("uncertain: [ones\n")
-    with pytest.raises(CxrkitError, match="not valid YAML"):
+    with pytest.raises(CxrkitError, match="not valid YAML at line"):
         LabelPolicy.from_yaml(bad)
     bad.write_text("uncertan: ones\n")
     with pytest.raises(CxrkitError, match="did you mean 'uncertain'"):
@@ -228,3 +229,24 @@ def test_policy_yaml_errors(tmp_path):
         LabelPolicy.from_yaml(tmp_path / "missing.yaml")
     with pytest.raises(CxrkitError, match="did you mean 'thesis'"):
         LabelPolicy.from_spec("thesys")
+
+
+def test_hierarchy_only_for_datasets_that_follow_it():
+    frame = make_index(
+        {"Pneumonia": [1.0, 1.0], "Consolidation": [0.0, 0.0]}, dataset=["chexpert", "nih"]
+    )
+    t = LabelPolicy().apply(frame)
+    j = t.findings.index("Consolidation")
+    assert t.y[:, j].tolist() == [1.0, 0.0]  # NIH's own labels are left as they are
+
+
+def test_policy_values_are_case_insensitive_and_suggest():
+    assert LabelPolicy(views="Frontal", uncertain="ZEROS").views == "frontal"
+    with pytest.raises(CxrkitError, match="Did you mean 'zeros'"):
+        LabelPolicy(uncertain="zeroes")
+    with pytest.raises(CxrkitError, match="seed"):
+        LabelPolicy(seed=-1)
+    with pytest.raises(CxrkitError, match="seed"):
+        LabelPolicy.from_dict({"seed": "abc"})
+    with pytest.raises(CxrkitError, match="did you mean 'competition'"):
+        LabelPolicy(findings="competitoin").apply(make_index({"Edema": [1.0]}))

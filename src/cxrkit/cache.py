@@ -201,6 +201,8 @@ def build_cache(
             "the index has no image root folder (meta['root']); make it with `cxrkit index`."
         )
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CxrkitError(f"--out '{out_dir}' is a file: give a folder to hold caches.")
     if (out_dir / MANIFEST_FILE).is_file():
         raise CxrkitError(
             f"'{out_dir}' is a cache folder itself; pass the folder that holds caches "

@@ -58,6 +58,24 @@ def _main(
 # ---- index ---------------------------------------------------------------------------------------
 
 
+def _guard_output(out: Path | None, *inputs: Path | str | None) -> None:
+    """Refuse to write an output over one of the command's own inputs."""
+    if out is None:
+        return
+    target = Path(out).resolve()
+    for item in inputs:
+        if item is not None and Path(item).exists() and Path(item).resolve() == target:
+            raise CxrkitError(
+                f"'{out}' is an input of this command: writing there would destroy it. "
+                "Choose another output path."
+            )
+
+
+def _ignored(flag: str, given: bool, applies_to: str) -> None:
+    if given:
+        logging.getLogger("cxrkit").warning("%s applies to %s only: ignored", flag, applies_to)
+
+
 @app.command("index")
 def index_cmd(
     dataset: Annotated[str, typer.Argument(help="chexpert, nih, mimic or generic.")],
@@ -102,6 +120,20 @@ def index_cmd(
     from cxrkit.index import write_index
 
     options: dict = {}
+    _ignored("--labeler", dataset != "mimic" and labeler != "chexpert", "mimic")
+    generic_given = (
+        any(
+            v is not None
+            for v in (labels, patient_col, study_col, view_col, sex_col, age_col, image_root)
+        )
+        or path_col != "path"
+        or allow_new_findings
+    )
+    _ignored(
+        "--path-col/--labels/--*-col/--image-root/--allow-new-findings",
+        dataset != "generic" and generic_given,
+        "generic",
+    )
     if dataset == "mimic":
         options["labeler"] = labeler
     if dataset == "generic":
@@ -119,8 +151,17 @@ def index_cmd(
     index = build_index(
         dataset, root, check_images=check_images, drop_missing=drop_missing, **options
     )
+    _guard_output(
+        out,
+        root,
+        *(Path(index.meta["root"]) / n for n in index.meta["sources"]),
+        index.meta.get("csv"),
+    )
     write_index(index, out)
     f = index.frame
+    parts = f["official_split"].value_counts(dropna=True)
+    if len(parts) > 1:
+        console.print("official split: " + " · ".join(f"{k} {v:,}" for k, v in parts.items()))
     console.print(
         f"[green]wrote[/green] {out}: {len(f):,} images, {f['patient_id'].nunique():,} patients, "
         f"{f['study_id'].nunique():,} studies, {int((f['view'] == 'frontal').sum()):,} frontal, "
@@ -213,16 +254,14 @@ def _print_label_table(table, title: str) -> None:
     ):
         t.add_column(col, justify=justify, no_wrap=(col == "finding"))
     for r in table.itertuples(index=False):
-        ratio = "—" if r.neg_pos_ratio == float("inf") else f"{r.neg_pos_ratio:.2f}"
-        t.add_row(
-            r.finding,
-            f"{r.positive:,}",
-            f"{r.negative:,}",
-            f"{r.uncertain:,}",
-            f"{r.blank:,}",
-            f"{r.masked:,}",
-            ratio,
+        ratio = (
+            "—"
+            if r.neg_pos_ratio is None or r.neg_pos_ratio != r.neg_pos_ratio
+            else f"{r.neg_pos_ratio:.2f}"
         )
+        unc, blank = (f"{r.uncertain:,}", f"{r.blank:,}") if r.labelled else ("n/a", "n/a")
+        name = r.finding if r.labelled else f"{r.finding} [dim](not labelled)[/dim]"
+        t.add_row(name, f"{r.positive:,}", f"{r.negative:,}", unc, blank, f"{r.masked:,}", ratio)
     console.print(t)
 
 
@@ -250,6 +289,8 @@ def labels_cmd(
     from cxrkit.index import read_index
     from cxrkit.labels import label_table
 
+    _guard_output(json_out, index)
+    _guard_output(save_policy, index)
     pol = _policy(
         policy, uncertain, uncertain_for, blank, hierarchy, views, findings, no_finding, seed
     )
@@ -264,14 +305,16 @@ def labels_cmd(
         + f", blank={pol.blank}, hierarchy={pol.hierarchy}",
     )
     if json_out:
-        payload = {
-            "policy": pol.to_dict(),
-            "images": len(targets.rows),
-            "table": table.to_dict(orient="records"),
-        }
-        write_text_atomic(json_out, json.dumps(payload, indent=2, default=str))
+        records = [
+            {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+            for r in table.to_dict(orient="records")
+        ]
+        payload = {"policy": pol.to_dict(), "images": len(targets.rows), "table": records}
+        write_text_atomic(json_out, json.dumps(payload, indent=2, default=str, allow_nan=False))
+        console.print(f"[green]wrote[/green] {json_out}")
     if save_policy:
         write_text_atomic(save_policy, pol.to_yaml())
+        console.print(f"[green]wrote[/green] {save_policy}")
 
 
 def _progress():
@@ -423,6 +466,8 @@ def split_cmd(
             "--folds" if folds else "--method official",
         )
     fr = _fractions(fractions) if fractions is not None else (0.7, 0.1, 0.2)
+    _guard_output(out, index)
+    _guard_output(report_json, index)
     ix = read_index(index)
     targets = pol.apply(ix.frame, ix.findings)
     splits = make_splits(
@@ -442,7 +487,9 @@ def split_cmd(
     rep = splits.report
     _print_split_report(
         rep,
-        f"{ix.meta.get('dataset')}: {method} split of {len(ix):,} images, seed {seed}; "
+        f"{ix.meta.get('dataset')}: {method} split of {len(ix):,} images"
+        + ("" if method == "official" and official_val is None else f", seed {seed}")
+        + "; "
         f"prevalence per part (largest deviation {rep['max_dev_pp']:.2f} pp, {rep['max_dev_finding']})",
     )
     console.print(f"[green]wrote[/green] {out} and {report_path}")
@@ -482,6 +529,12 @@ def cache_cmd(
             on_start=lambda todo: bar.update(task, total=todo),
         )
     failed = len(info.failed)
+    if info.n_ok == 0:
+        raise CxrkitError(
+            f"none of the {info.n:,} images could be decoded (first: "
+            f"{preview([f['path'] for f in info.failed], 3)}); check that the images are under "
+            f"'{ix.meta.get('root')}' (an index made with --no-check-images may list absent files)."
+        )
     if info.decoded == 0 and info.resumed == 0:
         console.print(f"[green]up to date[/green] {info.path}: nothing to do")
     else:
@@ -516,21 +569,34 @@ def demo_cmd(
         Path | None, typer.Option(help="Use this CheXpert folder instead of synthetic data.")
     ] = None,
 ) -> None:
-    """Run the pipeline end to end: synthetic data (or --dataset) → index → label tables."""
+    """Run the pipeline end to end: synthetic data (or --dataset) → index → labels → split → cache."""
+    from cxrkit.cache import build_cache
     from cxrkit.datasets import build_index
     from cxrkit.datasets.synthetic import generate
     from cxrkit.index import write_index
     from cxrkit.labels import PRESETS, label_table
+    from cxrkit.splits import make_splits, write_splits
 
     out.mkdir(parents=True, exist_ok=True)
     if dataset is None:
         console.rule("1. synthetic CheXpert-layout data")
-        folder = generate("chexpert", out / "data", n=n, size=size, seed=seed)
-        console.print(f"{n:,} images ({size} px) in {folder}")
+        data_dir = out / f"data-chexpert-n{n}-s{size}-seed{seed}"
+        reuse = (data_dir / "CheXpert-v1.0-small" / "synthetic.json").is_file()
+        with _progress() as bar:
+            task = bar.add_task("synth", total=n)
+            folder = generate(
+                "chexpert",
+                data_dir,
+                n=n,
+                size=size,
+                seed=seed,
+                progress=lambda k: bar.advance(task, k),
+            )
+        console.print(f"{n:,} images ({size} px) in {folder}" + (" (reused)" if reuse else ""))
     else:
         folder = dataset
     console.rule("2. index")
-    index = build_index("chexpert", folder)
+    index = build_index("chexpert", folder, drop_missing=dataset is not None)
     write_index(index, out / "index.parquet")
     f = index.frame
     console.print(
@@ -544,7 +610,26 @@ def demo_cmd(
         _print_label_table(
             label_table(f, targets), f"policy '{name}': {len(targets.rows):,} images"
         )
-    console.print("[dim]training, evaluation and the report join the demo in later releases.[/dim]")
+    console.rule("4. patient-grouped stratified split (policy 'thesis', 0.7/0.1/0.2)")
+    targets = PRESETS["thesis"].apply(f, index.findings)
+    splits = make_splits(f, targets, method="iterative", fractions=(0.7, 0.1, 0.2), seed=seed)
+    write_splits(splits, out / "splits.parquet")
+    rep = splits.report
+    _print_split_report(rep, f"prevalence per part (largest deviation {rep['max_dev_pp']:.2f} pp)")
+    console.rule("5. image cache")
+    with _progress() as bar:
+        task = bar.add_task("cache", total=len(f))
+        info = build_cache(
+            index,
+            out / "cache",
+            size=min(size, 224),
+            progress=lambda k: bar.advance(task, k),
+            on_start=lambda todo: bar.update(task, total=todo),
+        )
+    console.print(f"{info.n_ok:,} of {info.n:,} images cached in {info.path}")
+    console.print(
+        "[dim]training, evaluation and the report join the demo as those stages land.[/dim]"
+    )
 
 
 def main() -> None:
@@ -555,5 +640,7 @@ def main() -> None:
         err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        err_console.print("interrupted")
+        err_console.print(
+            "interrupted: what was finished is kept; run the same command again to resume."
+        )
         sys.exit(130)

@@ -9,6 +9,18 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from cxrkit.errors import CxrkitError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Files are created with the usual mode (0666 less the umask); mkstemp alone would give 0600.
+_FILE_MODE = 0o666 & ~_umask()
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -17,8 +29,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     The temporary file lives in the same folder so that the final ``os.replace`` is atomic.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise CxrkitError(f"'{path}' is a folder: give the path of a file to write.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CxrkitError(
+            f"cannot write '{path}': {e.strerror or e}. Choose a folder you can write to."
+        ) from None
+    os.fchmod(fd, _FILE_MODE)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

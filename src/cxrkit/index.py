@@ -167,7 +167,7 @@ def check_images(
     first = frame.loc[~exists, "path"].tolist()
     if not drop_missing:
         raise CxrkitError(
-            f"{n_missing} of {len(frame)} images are missing under '{root}' (first: "
+            f"{n_missing:,} of {len(frame):,} images are missing under '{root}' (first: "
             f"{preview(first, 3)}). Check the root folder, or pass --drop-missing to index the "
             "rest, or --no-check-images to index the label files alone."
         )

@@ -36,6 +36,8 @@ BLANK_POLICIES = ("zero", "ignore")
 HIERARCHY_POLICIES = ("positive", "propagate", "none")
 VIEW_POLICIES = ("all", "frontal", "lateral", "ap", "pa")
 NO_FINDING_POLICIES = ("dataset", "derive")
+#: Datasets whose labels follow the CheXpert hierarchy (the hierarchy rule applies to their rows).
+HIERARCHY_DATASETS = ("chexpert", "mimic")
 
 #: Ranges of the smoothed uncertain labels (Pham et al. 2019, "label smoothing regularization").
 SMOOTH_RANGES = {"smooth_ones": (0.55, 0.85), "smooth_zeros": (0.0, 0.3)}
@@ -44,12 +46,19 @@ SMOOTH_RANGES = {"smooth_ones": (0.55, 0.85), "smooth_zeros": (0.0, 0.3)}
 MULTICLASS_NEGATIVE, MULTICLASS_POSITIVE, MULTICLASS_UNCERTAIN = 0, 1, 2
 
 
-def _check_option(param: str, value: str, options: Sequence[str]) -> str:
-    if value not in options:
-        raise CxrkitError(
-            f"The '{param}' policy must be one of {{{', '.join(options)}}}. Got '{value}' instead."
-        )
-    return value
+def _check_option(param: str, value: object, options: Sequence[str]) -> str:
+    """Return ``value`` as one of ``options`` (case-insensitive), or raise with a suggestion."""
+    text = str(value).strip()
+    for option in options:
+        if text.lower() == option.lower():
+            return option
+    import difflib
+
+    close = difflib.get_close_matches(text.lower(), list(options), n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise CxrkitError(
+        f"The '{param}' policy must be one of {{{', '.join(options)}}}. Got '{value}' instead.{hint}"
+    )
 
 
 @dataclass(frozen=True)
@@ -82,16 +91,33 @@ class LabelPolicy:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_option("uncertain", self.uncertain, UNCERTAIN_POLICIES)
-        for finding, value in self.uncertain_per_finding.items():
-            _check_option(f"uncertain[{finding}]", value, UNCERTAIN_POLICIES)
-        _check_option("blank", self.blank, BLANK_POLICIES)
-        _check_option("hierarchy", self.hierarchy, HIERARCHY_POLICIES)
-        _check_option("views", self.views, VIEW_POLICIES)
-        _check_option("no_finding", self.no_finding, NO_FINDING_POLICIES)
-        if isinstance(self.findings, list):
-            object.__setattr__(self, "findings", tuple(self.findings))
-        object.__setattr__(self, "uncertain_per_finding", dict(self.uncertain_per_finding))
+        set_ = object.__setattr__
+        set_(self, "uncertain", _check_option("uncertain", self.uncertain, UNCERTAIN_POLICIES))
+        if not isinstance(self.uncertain_per_finding, Mapping):
+            raise CxrkitError(
+                "'uncertain_per_finding' must map finding names to policies, e.g. {Edema: ones}."
+            )
+        set_(
+            self,
+            "uncertain_per_finding",
+            {
+                str(f): _check_option(f"uncertain for '{f}'", v, UNCERTAIN_POLICIES)
+                for f, v in self.uncertain_per_finding.items()
+            },
+        )
+        set_(self, "blank", _check_option("blank", self.blank, BLANK_POLICIES))
+        set_(self, "hierarchy", _check_option("hierarchy", self.hierarchy, HIERARCHY_POLICIES))
+        set_(self, "views", _check_option("views", self.views, VIEW_POLICIES))
+        set_(self, "no_finding", _check_option("no_finding", self.no_finding, NO_FINDING_POLICIES))
+        if isinstance(self.findings, (list, tuple)):
+            set_(self, "findings", tuple(str(f) for f in self.findings))
+        elif not isinstance(self.findings, str):
+            raise CxrkitError(
+                f"'findings' must be a name (all, competition, chexpert, nih) or a list of findings; "
+                f"got {self.findings!r}."
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise CxrkitError(f"The policy 'seed' must be an integer, 0 or more. Got {self.seed!r} instead.")
 
     # ---- description -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -133,8 +159,11 @@ class LabelPolicy:
         except FileNotFoundError:
             raise CxrkitError(f"label policy file '{path}' does not exist.") from None
         except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
             raise CxrkitError(
-                f"label policy file '{path}' is not valid YAML: {e}".splitlines()[0]
+                f"label policy file '{path}' is not valid YAML{where}: {problem}."
             ) from None
         return cls.from_dict(data or {})
 
@@ -177,7 +206,11 @@ class LabelPolicy:
         rows = np.flatnonzero(select_views(index, self.views))
         raw = {f: index[f].to_numpy(np.float32)[rows].copy() for f in available}
         if self.hierarchy != "none":
-            apply_hierarchy(raw, mode=self.hierarchy)
+            # The tree is CheXpert's labelling convention (MIMIC-CXR uses the same labeler); NIH
+            # and generic labels were not made with it, so their rows are left as labelled.
+            follows = index["dataset"].isin(HIERARCHY_DATASETS).to_numpy(bool)[rows]
+            if follows.any():
+                apply_hierarchy(raw, mode=self.hierarchy, rows=follows)
 
         n, n_labels = len(rows), len(targets)
         y = np.zeros((n, n_labels), np.float32)
@@ -246,13 +279,16 @@ def select_views(index: pd.DataFrame, views: str) -> np.ndarray:
     return (index["projection"].str.upper() == views.upper()).fillna(False).to_numpy(bool)
 
 
-def apply_hierarchy(raw: dict[str, np.ndarray], mode: str = "positive") -> None:
+def apply_hierarchy(
+    raw: dict[str, np.ndarray], mode: str = "positive", rows: np.ndarray | None = None
+) -> None:
     """Make parents consistent with their children, in place, on raw tri-state columns.
 
     ``positive`` (the thesis): a child at 1 or -1 sets its parent to 1. ``propagate``: a child at 1
     sets the parent to 1; a child at -1 lifts a parent that is 0 or blank to -1. Children are
     visited deepest first so the rule carries up the tree. A parent the dataset does not label
     stays unlabelled (it is masked later): a child cannot tell us the parent's negatives.
+    ``rows`` (bool) limits the rule to those rows.
     """
     _check_option("hierarchy", mode, HIERARCHY_POLICIES)
     if mode == "none":
@@ -262,11 +298,12 @@ def apply_hierarchy(raw: dict[str, np.ndarray], mode: str = "positive") -> None:
         if child not in raw or parent not in raw:
             continue
         c, p = raw[child], raw[parent]
+        scope = np.ones(len(c), bool) if rows is None else rows
         if mode == "positive":
-            p[(c == 1) | (c == -1)] = 1.0
+            p[((c == 1) | (c == -1)) & scope] = 1.0
         else:
-            p[c == 1] = 1.0
-            p[(c == -1) & ((p == 0) | np.isnan(p))] = -1.0
+            p[(c == 1) & scope] = 1.0
+            p[(c == -1) & ((p == 0) | np.isnan(p)) & scope] = -1.0
 
 
 @dataclass
@@ -296,7 +333,8 @@ def label_table(index: pd.DataFrame, targets: Targets) -> pd.DataFrame:
 
     Columns: ``positive`` / ``negative`` after the policy (soft targets count as positive when
     >= 0.5), ``uncertain`` and ``blank`` in the raw labels of the kept rows, ``masked`` after the
-    policy, and ``neg_pos_ratio`` (negatives per positive; inf when there is no positive).
+    policy, ``neg_pos_ratio`` (negatives per positive; None when there is no positive), and
+    ``labelled`` (False for a finding the dataset does not label: all masked).
     """
     out = []
     for j, finding in enumerate(targets.findings):
@@ -308,20 +346,22 @@ def label_table(index: pd.DataFrame, targets: Targets) -> pd.DataFrame:
         else:
             pos = int(((yj >= 0.5) & m).sum())
             neg = int(((yj < 0.5) & m).sum())
-        if finding in index.columns:
+        labelled = finding in index.columns
+        if labelled:
             raw = index[finding].to_numpy(np.float32)[targets.rows]
             unc, blank = int((raw == -1).sum()), int(np.isnan(raw).sum())
         else:
-            unc, blank = 0, len(targets.rows)
+            unc = blank = 0
         out.append(
             {
                 "finding": finding,
+                "labelled": labelled,
                 "positive": pos,
                 "negative": neg,
                 "uncertain": unc,
                 "blank": blank,
                 "masked": int((~m).sum()),
-                "neg_pos_ratio": (neg / pos) if pos else float("inf"),
+                "neg_pos_ratio": (neg / pos) if pos else None,
             }
         )
     return pd.DataFrame(out)
@@ -340,6 +380,7 @@ PRESETS: dict[str, LabelPolicy] = {
     "chexpert-competition": LabelPolicy(
         uncertain="zeros",
         uncertain_per_finding={"Atelectasis": "ones", "Edema": "ones"},
+        hierarchy="none",
         views="frontal",
         findings="competition",
     ),

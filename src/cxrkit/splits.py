@@ -465,6 +465,8 @@ def make_splits(
         raise CxrkitError(did_you_mean(str(method), METHODS, what="split method"))
     if method != "official" and official_val is not None:
         raise CxrkitError("--official-val only applies to --method official.")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise CxrkitError(f"the split seed must be an integer, 0 or more; got {seed!r}.")
     rng = np.random.default_rng(seed)
     pat = _patients(frame, targets)
     n_patients = len(pat.ids)

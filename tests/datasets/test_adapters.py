@@ -273,6 +273,7 @@ def test_generic_index(tmp_path: Path):
             ",2.0,",
             r"column 'Cardiomegaly' has 1 value\(s\) outside 1/0/-1/blank.*'2.0'",
         ),
+        ("chexpert", "Cardiomegaly", "Cardiomegally", r"missing column\(s\) 'Cardiomegaly'"),
         ("nih", "Hernia|", "Hernai|", "did you mean 'Hernia'"),
         ("nih", "Patient ID", "PatientID", "column 4 is 'PatientID', expected 'Patient ID'"),
     ],
@@ -360,3 +361,31 @@ def test_index_fingerprint_changes_with_rows(chexpert: Path):
     g = f.copy()
     g.loc[0, "patient_id"] = "patient99999"
     assert fp != index_fingerprint(g)
+
+
+def test_nih_official_lists_must_be_disjoint(tmp_path: Path):
+    write_nih(tmp_path)
+    (tmp_path / "test_list.txt").write_text("00000002_000.png\n00000001_000.png\n")
+    with pytest.raises(CxrkitError, match="in both train_val_list.txt and test_list.txt"):
+        build_index("nih", tmp_path)
+
+
+def test_nih_header_only_is_empty(tmp_path: Path):
+    write_nih(tmp_path)
+    (tmp_path / "Data_Entry_2017_v2020.csv").write_text(NIH_HEADER + "\n")
+    with pytest.raises(CxrkitError, match="no image rows"):
+        build_index("nih", tmp_path)
+
+
+def test_generic_blank_patient_id(tmp_path: Path):
+    (tmp_path / "l.csv").write_text("path,pid,Edema\na.png,p1,1\nb.png,,0\n")
+    with pytest.raises(CxrkitError, match="no patient id"):
+        build_index("generic", tmp_path / "l.csv", patient_col="pid", check_images=False)
+
+
+def test_unfinished_synthetic_folder(tmp_path: Path):
+    d = tmp_path / "CheXpert-v1.0-small"
+    d.mkdir()
+    (d / ".synthetic-partial").write_text("{}")
+    with pytest.raises(CxrkitError, match="unfinished synthetic dataset"):
+        build_index("chexpert", tmp_path)

@@ -7,6 +7,7 @@ its parent. Paths in the index are relative to the dataset folder (``train/patie
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from cxrkit.datasets import find_file, not_this_dataset
 from cxrkit.errors import CxrkitError, preview
 from cxrkit.findings import CHEXPERT_FINDINGS
 from cxrkit.index import Index, finalize, make_frame, parse_tristate, require_columns
+
+log = logging.getLogger(__name__)
 
 _META = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"]
 _SPLIT_FILES = {
@@ -30,6 +33,12 @@ _HINT = "Is this CheXpert's own train.csv / valid.csv? Its header starts: " + ",
 
 def dataset_folder(root: Path) -> Path:
     """The folder holding train.csv / valid.csv: ROOT itself or a CheXpert-* folder inside it."""
+    for d in (root, root / "CheXpert-v1.0-small"):
+        if (d / ".synthetic-partial").is_file():
+            raise CxrkitError(
+                f"'{d}' holds an unfinished synthetic dataset: re-run the same `cxrkit synth` "
+                "command to finish it, then index it."
+            )
     if find_file(root, "train.csv", "valid.csv", *_SPLIT_FILES["test"]):
         return root
     if root.is_dir():
@@ -52,7 +61,7 @@ def _strip_prefix(paths: pd.Series) -> pd.Series:
 
 
 def _image_rows(df: pd.DataFrame, source: str, split: str) -> tuple[dict, dict, int]:
-    require_columns(df, _META, source, _HINT)
+    require_columns(df, [*_META, *CHEXPERT_FINDINGS], source, _HINT)
     rel = _strip_prefix(df["Path"].astype("string").str.strip())
     parts = rel.str.split("/", n=3, expand=True)
     if parts.shape[1] < 4 or parts[3].isna().any():
@@ -133,8 +142,10 @@ def index_chexpert(root: Path, *, check_images: bool = True, drop_missing: bool 
             raise CxrkitError(f"{source}: cannot be read as CSV ({e}).") from None
         sources.append(path)
         if df.empty:
+            log.warning("%s has a header but no rows", path)
             continue
         if "Study" in df.columns and "Path" not in df.columns:
+            require_columns(df, ["Study", *CHEXPERT_FINDINGS], source, "Is this the CheXpert test ground truth?")
             meta, labels, n = _study_rows(df, folder, source, drop_missing)
         else:
             meta, labels, n = _image_rows(df, source, split)

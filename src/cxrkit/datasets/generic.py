@@ -130,6 +130,12 @@ def index_generic(
             source,
         )
     patient = df[patient_col].str.strip() if patient_col else paths
+    if patient_col and (patient == "").any():
+        bad = np.flatnonzero((patient == "").to_numpy())
+        raise CxrkitError(
+            f"{source}: {len(bad):,} row(s) have no patient id in '{patient_col}' (first at row "
+            f"{bad[0] + 2}); every image needs its patient to keep splits leak-free. Fill them in."
+        )
     view = df[view_col].str.strip().str.lower().map(_VIEWS) if view_col else None
     meta = {
         "path": paths,

@@ -11,6 +11,7 @@ index.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from cxrkit.datasets import find_file, not_this_dataset
 from cxrkit.errors import CxrkitError, did_you_mean, preview
 from cxrkit.findings import NIH_NAMES, canonical_name
 from cxrkit.index import BOX_COLUMNS, Index, finalize, make_frame
+
+log = logging.getLogger(__name__)
 
 LABEL_FILES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 COLUMNS = (
@@ -57,8 +60,11 @@ def read_data_entry(path: Path) -> pd.DataFrame:
     """Read the label CSV, matching its first seven header names by position."""
     source = str(path)
     try:
-        df = pd.read_csv(path, header=None, skiprows=1, dtype=str, keep_default_na=False)
         header = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].tolist()
+        try:
+            df = pd.read_csv(path, header=None, skiprows=1, dtype=str, keep_default_na=False)
+        except pd.errors.EmptyDataError:  # a header and no rows
+            df = pd.DataFrame(columns=range(len(COLUMNS)))
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
         raise CxrkitError(f"{source}: cannot be read as the NIH label CSV ({e}).") from None
     header = [str(h).strip() for h in header]
@@ -159,6 +165,17 @@ def index_nih(root: Path, *, check_images: bool = True, drop_missing: bool = Fal
         raise CxrkitError(f"{source}: 'Patient ID' must be a number; found {preview(bad, 3)}.")
     train_val = _read_list(find_file(root, "train_val_list.txt"))
     test = _read_list(find_file(root, "test_list.txt"))
+    both = train_val & test
+    if both:
+        raise CxrkitError(
+            f"{len(both):,} image(s) are in both train_val_list.txt and test_list.txt (first: "
+            f"{preview(sorted(both), 3)}); the official lists must be disjoint. Use NIH's own files."
+        )
+    if train_val or test:
+        uncovered = int((~names.isin(train_val | test)).sum())
+        if uncovered:
+            log.warning("%d of %d images are in neither train_val_list.txt nor test_list.txt: "
+                        "they get no official split", uncovered, len(names))
     official = np.where(
         names.isin(test), "test", np.where(names.isin(train_val), "train_val", None)
     )
@@ -166,7 +183,8 @@ def index_nih(root: Path, *, check_images: bool = True, drop_missing: bool = Fal
         "path": paths,
         "patient_id": patient.astype(np.int64).astype(str),
         "study_id": names.str.replace(r"\.png$", "", regex=True),
-        "view": np.where(view_pos.isin(["AP", "PA"]), "frontal", None),
+        "view": np.where(view_pos.isin(["AP", "PA"]), "frontal",
+                         np.where(view_pos.isin(["LL", "RL", "LATERAL"]), "lateral", None)),
         "projection": view_pos.replace("", pd.NA),
         "sex": sex,
         "age": age,

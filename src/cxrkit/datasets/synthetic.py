@@ -560,8 +560,12 @@ def generate(
         raise CxrkitError(f"--n must be between 1 and 2,000,000; got {n}.")
     if not 32 <= size <= 1024:
         raise CxrkitError(f"--size must be between 32 and 1024 pixels; got {size}.")
+    if seed < 0:
+        raise CxrkitError(f"--seed must be 0 or more; got {seed}.")
     settings = SynthSettings(layout, n, size, seed)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CxrkitError(f"--out '{out}' is a file: give a folder for the dataset.")
     folder = out / CHEXPERT_DIR if layout == "chexpert" else out
     marker = folder / "synthetic.json"
     if marker.is_file():
