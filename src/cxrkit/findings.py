@@ -146,7 +146,12 @@ def resolve_findings(spec: str | Iterable[str] | None, available: Iterable[str])
             if canon is None and name in available:
                 canon = name  # a custom finding from a generic CSV
             if canon is None:
-                options = [*FINDING_SETS, "all", *FINDINGS, *(a for a in available if a not in FINDINGS)]
+                options = [
+                    *FINDING_SETS,
+                    "all",
+                    *FINDINGS,
+                    *(a for a in available if a not in FINDINGS),
+                ]
                 raise CxrkitError(
                     did_you_mean(name, options, what="finding")
                     + " Fix the findings list (or use a set name: competition, chexpert, nih, all)."

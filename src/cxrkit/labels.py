@@ -117,7 +117,9 @@ class LabelPolicy:
                 f"got {self.findings!r}."
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise CxrkitError(f"The policy 'seed' must be an integer, 0 or more. Got {self.seed!r} instead.")
+            raise CxrkitError(
+                f"The policy 'seed' must be an integer, 0 or more. Got {self.seed!r} instead."
+            )
 
     # ---- description -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

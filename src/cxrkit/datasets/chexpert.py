@@ -145,7 +145,9 @@ def index_chexpert(root: Path, *, check_images: bool = True, drop_missing: bool 
             log.warning("%s has a header but no rows", path)
             continue
         if "Study" in df.columns and "Path" not in df.columns:
-            require_columns(df, ["Study", *CHEXPERT_FINDINGS], source, "Is this the CheXpert test ground truth?")
+            require_columns(
+                df, ["Study", *CHEXPERT_FINDINGS], source, "Is this the CheXpert test ground truth?"
+            )
             meta, labels, n = _study_rows(df, folder, source, drop_missing)
         else:
             meta, labels, n = _image_rows(df, source, split)

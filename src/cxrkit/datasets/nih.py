@@ -174,8 +174,12 @@ def index_nih(root: Path, *, check_images: bool = True, drop_missing: bool = Fal
     if train_val or test:
         uncovered = int((~names.isin(train_val | test)).sum())
         if uncovered:
-            log.warning("%d of %d images are in neither train_val_list.txt nor test_list.txt: "
-                        "they get no official split", uncovered, len(names))
+            log.warning(
+                "%d of %d images are in neither train_val_list.txt nor test_list.txt: "
+                "they get no official split",
+                uncovered,
+                len(names),
+            )
     official = np.where(
         names.isin(test), "test", np.where(names.isin(train_val), "train_val", None)
     )
@@ -183,8 +187,11 @@ def index_nih(root: Path, *, check_images: bool = True, drop_missing: bool = Fal
         "path": paths,
         "patient_id": patient.astype(np.int64).astype(str),
         "study_id": names.str.replace(r"\.png$", "", regex=True),
-        "view": np.where(view_pos.isin(["AP", "PA"]), "frontal",
-                         np.where(view_pos.isin(["LL", "RL", "LATERAL"]), "lateral", None)),
+        "view": np.where(
+            view_pos.isin(["AP", "PA"]),
+            "frontal",
+            np.where(view_pos.isin(["LL", "RL", "LATERAL"]), "lateral", None),
+        ),
         "projection": view_pos.replace("", pd.NA),
         "sex": sex,
         "age": age,
