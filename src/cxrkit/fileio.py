@@ -67,3 +67,48 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def write_tagged_parquet(frame, path: str | os.PathLike[str], key: bytes, meta: dict) -> Path:
+    """Write a DataFrame to Parquet atomically with ``meta`` as JSON under schema-metadata ``key``."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    schema_meta = dict(table.schema.metadata or {})
+    schema_meta[key] = json.dumps(meta).encode()
+    table = table.replace_schema_metadata(schema_meta)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return path
+
+
+def read_tagged_parquet(path: str | os.PathLike[str], key: bytes, what: str, make: str):
+    """Read a file written by :func:`write_tagged_parquet`: (DataFrame, meta dict).
+
+    Args:
+        what: what the file should be, for messages ("index", "splits file").
+        make: the command that makes one, for messages.
+    """
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise CxrkitError(f"{what} '{path}' does not exist. Make one with `{make}`.")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise CxrkitError(f"'{path}' is not a Parquet {what} ({e}).") from None
+    raw = (table.schema.metadata or {}).get(key)
+    if raw is None:
+        raise CxrkitError(
+            f"'{path}' is a Parquet file but not a cxrkit {what} (no cxrkit metadata). "
+            f"Make one with `{make}`."
+        )
+    return table.to_pandas(), json.loads(raw)

@@ -8,7 +8,6 @@ boxes when it has any.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -17,12 +16,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from cxrkit import __version__
 from cxrkit.errors import CxrkitError, preview
-from cxrkit.fileio import atomic_path, sha256_file
+from cxrkit.fileio import read_tagged_parquet, sha256_file, write_tagged_parquet
 from cxrkit.findings import FINDINGS
 
 log = logging.getLogger(__name__)
@@ -221,38 +218,18 @@ def finalize(
 
 def write_index(index: Index, path: str | os.PathLike[str]) -> Path:
     """Write an index to Parquet atomically, with its provenance in the schema metadata."""
-    path = Path(path)
-    table = pa.Table.from_pandas(index.frame, preserve_index=False)
     meta = dict(index.meta)
     meta["boxes"] = index.boxes.to_dict(orient="list") if len(index.boxes) else None
-    schema_meta = dict(table.schema.metadata or {})
-    schema_meta[_META_KEY] = json.dumps(meta).encode()
-    table = table.replace_schema_metadata(schema_meta)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-    return path
+    return write_tagged_parquet(index.frame, path, _META_KEY, meta)
 
 
 def read_index(path: str | os.PathLike[str]) -> Index:
     """Read an index written by :func:`write_index`; a file that is not one is a clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise CxrkitError(
-            f"index file '{path}' does not exist. Make one with `cxrkit index DATASET ROOT --out {path}`."
-        )
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise CxrkitError(f"'{path}' is not a Parquet index file ({e}).") from None
-    raw = (table.schema.metadata or {}).get(_META_KEY)
-    if raw is None:
-        raise CxrkitError(
-            f"'{path}' is a Parquet file but not a cxrkit index (no provenance metadata). Make one with `cxrkit index`."
-        )
-    meta = json.loads(raw)
+    frame, meta = read_tagged_parquet(
+        path, _META_KEY, "index file", f"cxrkit index DATASET ROOT --out {path}"
+    )
     boxes_d = meta.pop("boxes", None)
     boxes = pd.DataFrame(boxes_d) if boxes_d else pd.DataFrame(columns=list(BOX_COLUMNS))
-    frame = table.to_pandas()
     for col in META_COLUMNS:
         if col != "age" and col in frame.columns:
             frame[col] = frame[col].astype("string")

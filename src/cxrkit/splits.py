@@ -21,7 +21,6 @@ dropped follow their patient. See docs/splits.md for the decisions.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import math
 import os
@@ -32,12 +31,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from cxrkit import __version__
 from cxrkit.errors import CxrkitError, did_you_mean, preview
-from cxrkit.fileio import atomic_path
+from cxrkit.fileio import read_tagged_parquet, write_tagged_parquet
 from cxrkit.index import index_fingerprint
 from cxrkit.labels import MULTICLASS_POSITIVE, Targets
 
@@ -689,13 +686,9 @@ def write_splits(splits: Splits, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     check_no_leak(splits.frame, f"split to write to '{path}'")
     frame = splits.frame[list(SPLIT_COLUMNS)]
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    schema_meta = dict(table.schema.metadata or {})
-    schema_meta[_META_KEY] = json.dumps({"meta": splits.meta, "report": splits.report}).encode()
-    table = table.replace_schema_metadata(schema_meta)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-    return path
+    return write_tagged_parquet(
+        frame, path, _META_KEY, {"meta": splits.meta, "report": splits.report}
+    )
 
 
 def read_splits(path: str | os.PathLike[str], index_frame: pd.DataFrame | None = None) -> Splits:
@@ -705,22 +698,9 @@ def read_splits(path: str | os.PathLike[str], index_frame: pd.DataFrame | None =
     ``index_frame`` is given, a split made for another index (its fingerprint differs).
     """
     path = Path(path)
-    if not path.is_file():
-        raise CxrkitError(
-            f"splits file '{path}' does not exist. Make one with `cxrkit split INDEX --out {path}`."
-        )
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise CxrkitError(f"'{path}' is not a Parquet splits file ({e}).") from None
-    raw = (table.schema.metadata or {}).get(_META_KEY)
-    if raw is None:
-        raise CxrkitError(
-            f"'{path}' is a Parquet file but not a cxrkit splits file (no split metadata). "
-            "Make one with `cxrkit split`."
-        )
-    data = json.loads(raw)
-    frame = table.to_pandas()
+    frame, data = read_tagged_parquet(
+        path, _META_KEY, "splits file", f"cxrkit split INDEX --out {path}"
+    )
     missing = [c for c in SPLIT_COLUMNS if c not in frame.columns]
     if missing:
         raise CxrkitError(f"'{path}': missing column(s) {missing}; re-run cxrkit split.")
