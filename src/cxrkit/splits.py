@@ -633,7 +633,8 @@ def split_report(
             if whole_p > 0 and p[i] == 0 and images[i] > 0:
                 msg = (
                     f"part '{name}' has no positive of '{finding}' ({int(whole_p):,} in the whole "
-                    "set): metrics for it cannot be computed there; change the fractions or the seed"
+                    "set): metrics for it cannot be computed there; change the fractions or the seed, "
+                    "or drop the finding"
                 )
                 log.warning(msg)
                 warnings.append(msg)
