@@ -118,7 +118,20 @@ def test_foreign_cache_is_refused(prepared, tmp_path: Path):
 def test_balanced_training_loader(prepared):
     dm = module(prepared, balance=True)
     loader = dm.train_dataloader()
-    assert isinstance(loader.sampler, torch.utils.data.WeightedRandomSampler)
+    from cxrkit.data import EpochSampler
+
+    assert isinstance(loader.sampler, EpochSampler) and loader.sampler.weights is not None
     rows = torch.cat([b["row"] for b in loader])
     assert len(rows) == len(dm.datasets["train"])
     assert set(rows.tolist()) <= set(dm.datasets["train"].rows.tolist())
+
+
+def test_epoch_sampler_is_a_function_of_seed_and_epoch():
+    from cxrkit.data import EpochSampler
+
+    a, b = EpochSampler(50, seed=3), EpochSampler(50, seed=3)
+    b.set_epoch(1)
+    first, second = list(a), list(b)
+    assert sorted(first) == list(range(50)) and first != second
+    a.set_epoch(1)
+    assert list(a) == second  # a resumed run at epoch 1 replays epoch 1's order

@@ -556,6 +556,32 @@ def cache_cmd(
         )
 
 
+# ---- train ---------------------------------------------------------------------------------------
+
+
+@app.command("train", context_settings={"allow_extra_args": False})
+def train_cmd(
+    config: Annotated[Path | None, typer.Argument(help="A YAML config (see configs/).")] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="Dotted overrides: train.max_epochs=3 model.arch=resnet18 ..."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run from its last checkpoint.")
+    ] = False,
+) -> None:
+    """Train a model (Lightning): checkpoints, logs and the model artifact in runs/<name>/."""
+    from cxrkit.config import load_config
+    from cxrkit.train import train
+
+    overrides = list(overrides or [])
+    if config is not None and "=" in str(config) and not config.exists():
+        config, overrides = None, [str(config), *overrides]  # only overrides were given
+    cfg = load_config(config, overrides)
+    folder = train(cfg, resume=resume)
+    console.print(f"[green]trained[/green] {folder}: model artifact in {folder / 'model'}")
+
+
 # ---- demo ----------------------------------------------------------------------------------------
 
 

@@ -14,11 +14,34 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from cxrkit.errors import CxrkitError
 from cxrkit.inputs import AugmentConfig, InputPipeline
 from cxrkit.labels import LabelPolicy, Targets
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """A random order (or weighted draw) that is a function of (seed, epoch) alone.
+
+    Lightning calls :meth:`set_epoch` before each epoch, so a resumed run replays the same order.
+    """
+
+    def __init__(self, n: int, seed: int, weights: np.ndarray | None = None) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.weights is None:
+            return iter(torch.randperm(self.n, generator=g).tolist())
+        return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist())
 
 
 class Batch(dict):
@@ -125,6 +148,10 @@ class CXRDataModule(L.LightningDataModule):
         self.datasets: dict[str, CacheDataset] = {}
         self.targets: Targets | None = None
 
+    def set_epoch(self, epoch: int) -> None:
+        """Re-seed the augmentation generator: augmentation is a function of (seed, epoch)."""
+        self.generator.manual_seed(self.cfg.seed * 1_000_003 + epoch)
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
@@ -165,14 +192,9 @@ class CXRDataModule(L.LightningDataModule):
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         ds = self.datasets[name]
         sampler = None
-        if shuffle and self.cfg.balance:
-            w = balanced_weights(ds.y.numpy(), ds.mask.numpy())
-            sampler = WeightedRandomSampler(
-                torch.from_numpy(w),
-                num_samples=len(ds),
-                replacement=True,
-                generator=torch.Generator().manual_seed(self.cfg.seed),
-            )
+        if shuffle:
+            w = balanced_weights(ds.y.numpy(), ds.mask.numpy()) if self.cfg.balance else None
+            sampler = EpochSampler(len(ds), self.cfg.seed, w)
             shuffle = False
         return DataLoader(
             ds,
@@ -182,7 +204,6 @@ class CXRDataModule(L.LightningDataModule):
             collate_fn=_collate,
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.cfg.seed) if shuffle else None,
             pin_memory=torch.cuda.is_available(),
         )
 

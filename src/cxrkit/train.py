@@ -1,0 +1,263 @@
+"""Training on Lightning: the LightningModule, the Trainer set-up, run folders, exact resume.
+
+``train(cfg)`` reads the index, policy, splits and cache named by the config, trains, keeps the
+best (validation mean AUC) and the last checkpoint, logs to CSV and TensorBoard, and writes the
+model artifact of the best epoch to ``runs/<name>/model/``.
+
+Exact resume: every source of randomness is a function of (seed, epoch): the global torch RNG is
+re-seeded at each training epoch's start, the training sampler draws its order from (seed, epoch)
+and the augmentation generator is re-seeded per epoch. Checkpoints are taken at epoch ends, so a run
+killed anywhere and resumed from ``last.ckpt`` replays the interrupted epoch exactly and ends with
+the same weights and metrics as an uninterrupted run (tested).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from cxrkit.config import Config, save_config
+from cxrkit.data import CXRDataModule, DataConfig
+from cxrkit.errors import CxrkitError
+from cxrkit.inputs import AugmentConfig
+from cxrkit.losses import build_loss
+from cxrkit.models import create_model, save_artifact
+from cxrkit.schedules import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+def masked_auroc(probs: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> list[float]:
+    """Per-finding AUROC over labelled entries; NaN where a finding lacks positives or negatives."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    out = []
+    for j in range(probs.shape[1]):
+        m = mask[:, j]
+        t = (y[m, j] >= 0.5).long()
+        if t.numel() == 0 or t.min() == t.max():
+            out.append(float("nan"))
+        else:
+            out.append(float(binary_auroc(probs[m, j].float(), t)))
+    return out
+
+
+class CXRModule(L.LightningModule):
+    """A timm backbone trained with a masked multi-label loss and a per-step LR schedule.
+
+    Args:
+        cfg: the resolved config as a dict (saved in every checkpoint).
+        findings: the target findings, in output order.
+        y_train, mask_train: the training split's targets, for the class weights of the loss.
+        steps_per_epoch: optimiser steps per epoch, for the schedules.
+    """
+
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        findings: list[str],
+        y_train: np.ndarray | None = None,
+        mask_train: np.ndarray | None = None,
+        steps_per_epoch: int = 1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["y_train", "mask_train"])
+        self.cfg, self.findings, self.steps_per_epoch = cfg, list(findings), max(1, steps_per_epoch)
+        m, d = cfg["model"], cfg["data"]
+        self.model = create_model(
+            m["arch"], pretrained=m["pretrained"], num_classes=len(findings),
+            input_mode=d["input_mode"], weights=m["weights"], drop_rate=m["drop_rate"],
+        )
+        lc = cfg["loss"]
+        kw = {"gamma": lc["gamma"]} if lc["name"] == "focal" else (
+            {"margin": lc["margin"]} if lc["name"] == "auc_margin" else {})
+        self.loss_fn = build_loss(lc["name"], y_train, mask_train, **kw)
+        self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._t0: float | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) → (B, L) logits."""
+        return self.model(x)
+
+    def _input(self, batch: dict) -> torch.Tensor:
+        x = batch["input"]
+        if self.cfg["train"].get("channels_last") or (
+            self.cfg["train"].get("channels_last") is None and x.is_cuda
+        ):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def on_fit_start(self) -> None:
+        cl = self.cfg["train"].get("channels_last")
+        if cl or (cl is None and self.device.type == "cuda"):
+            self.model.to(memory_format=torch.channels_last)
+
+    def on_train_epoch_start(self) -> None:
+        seed = int(self.cfg["train"]["seed"])
+        torch.manual_seed(seed * 100_003 + self.current_epoch)  # dropout etc.: a function of the epoch
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "set_epoch"):
+            dm.set_epoch(self.current_epoch)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self(self._input(batch))
+        loss = self.loss_fn(logits, batch["y"], batch["mask"])
+        now = time.perf_counter()
+        if self._t0 is not None:
+            self.log("img_s", batch["y"].shape[0] / max(now - self._t0, 1e-9), prog_bar=True,
+                     on_step=True, on_epoch=False)
+        self._t0 = now
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=batch["y"].shape[0])
+        self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, on_step=True,
+                 on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self(self._input(batch))
+        loss = self.loss_fn(logits, batch["y"], batch["mask"])
+        self.log("val/loss", loss, on_epoch=True, batch_size=batch["y"].shape[0], sync_dist=True)
+        self._val.append((torch.sigmoid(logits.float()).detach(), batch["y"], batch["mask"]))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        probs, y, mask = (torch.cat(t) for t in zip(*self._val, strict=True))
+        self._val.clear()
+        if self.trainer.world_size > 1:
+            probs, y, mask = (self.all_gather(t).flatten(0, 1) for t in (probs, y, mask))
+        aucs = masked_auroc(probs.cpu(), y.cpu(), mask.cpu())
+        valid = [a for a in aucs if a == a]
+        mean = float(np.mean(valid)) if valid else float("nan")
+        for f, a in zip(self.findings, aucs, strict=True):
+            if a == a:
+                self.log(f"val/auc/{f}", a, sync_dist=False)
+        self.log("val/mean_auc", mean, prog_bar=True, sync_dist=False)
+
+    def on_train_epoch_end(self) -> None:
+        self._t0 = None
+
+    def configure_optimizers(self) -> Any:
+        o, s = self.cfg["optim"], self.cfg["schedule"]
+        params: Any = [p for p in self.model.parameters() if p.requires_grad]
+        ascent = getattr(self.loss_fn, "ascent_parameters", None)
+        descent = getattr(self.loss_fn, "descent_parameters", None)
+        opt = build_optimizer(params, o["name"], lr=o["lr"], weight_decay=o["weight_decay"],
+                              momentum=o["momentum"])
+        if descent is not None:
+            opt.add_param_group({"params": list(descent()), "lr": o["lr"], "weight_decay": 0.0})
+        if ascent is not None:  # AUC-margin's alpha is maximised (LibAUC's min-max)
+            opt.add_param_group({"params": list(ascent()), "lr": o["lr"], "weight_decay": 0.0,
+                                 "maximize": True})
+        total = self.steps_per_epoch * int(self.cfg["train"]["max_epochs"])
+        step_size = s["step_size"] or 2 * self.steps_per_epoch
+        sched = build_scheduler(opt, s["name"], base_lr=s["base_lr"], max_lr=s["max_lr"],
+                                step_size=step_size, total_steps=total,
+                                warmup_steps=s["warmup_steps"], pct_start=s["pct_start"])
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _precision(cfg: Config) -> str:
+    p = cfg.train.precision
+    if p != "auto":
+        return p
+    if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda"):
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def run_folder(cfg: Config) -> Path:
+    name = cfg.train.name or f"{cfg.model.arch}-{cfg.data.input_mode}"
+    return Path(cfg.train.out) / name
+
+
+def make_datamodule(cfg: Config) -> CXRDataModule:
+    d = cfg.data
+    dm = CXRDataModule(DataConfig(
+        index=d.index, cache=d.cache, splits=d.splits, policy=d.policy, input_mode=d.input_mode,
+        batch_size=d.batch_size, num_workers=d.num_workers,
+        augment=AugmentConfig() if d.augment else None, balance=d.balance, seed=cfg.train.seed,
+    ))
+    dm.setup("fit")
+    return dm
+
+
+def train(cfg: Config, *, resume: bool = False) -> Path:
+    """Train as the config says; returns the run folder (config.yaml, checkpoints/, logs, model/)."""
+    folder = run_folder(cfg)
+    ckpt_dir = folder / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if resume and not last.is_file():
+        raise CxrkitError(f"nothing to resume: '{last}' does not exist. Start the run without --resume.")
+    if not resume and last.is_file():
+        raise CxrkitError(
+            f"run '{folder}' already has checkpoints: pass --resume to continue it, or set "
+            "train.name=... for a new run."
+        )
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    dm = make_datamodule(cfg)
+    train_ds = dm.datasets[dm.cfg.train_part]
+    if len(dm.datasets[dm.cfg.val_part]) == 0:
+        raise CxrkitError("the validation part is empty: make splits with a val fraction (cxrkit split).")
+    steps = -(-len(train_ds) // cfg.data.batch_size)
+    if cfg.train.limit_train_batches is not None:
+        lim = cfg.train.limit_train_batches
+        steps = min(steps, int(lim)) if isinstance(lim, int) else max(1, int(steps * lim))
+    steps = max(1, steps // cfg.train.accumulate_grad_batches)
+    module = CXRModule(cfg.to_dict(), dm.findings, train_ds.y.numpy(), train_ds.mask.numpy(), steps)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, folder / "config.yaml")
+    callbacks: list = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor="val/mean_auc",
+                        mode="max", save_last=True, save_top_k=1),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    if cfg.train.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor="val/mean_auc", mode="max",
+                                       patience=cfg.train.early_stopping_patience))
+    trainer = L.Trainer(
+        default_root_dir=folder, max_epochs=cfg.train.max_epochs, accelerator=cfg.train.accelerator,
+        devices=cfg.train.devices, num_nodes=cfg.train.num_nodes, strategy=cfg.train.strategy,
+        precision=_precision(cfg), accumulate_grad_batches=cfg.train.accumulate_grad_batches,
+        gradient_clip_val=cfg.train.gradient_clip_val, deterministic=cfg.train.deterministic,
+        limit_train_batches=cfg.train.limit_train_batches, limit_val_batches=cfg.train.limit_val_batches,
+        log_every_n_steps=cfg.train.log_every_n_steps, callbacks=callbacks,
+        logger=[CSVLogger(folder, name="logs", version=""),
+                TensorBoardLogger(folder, name="tb", version="")],
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    if trainer.is_global_zero:
+        best = callbacks[0].best_model_path or str(last)
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+        pipe = dm.eval_pipe
+        save_artifact(
+            module.model, folder / "model", arch=cfg.model.arch, findings=dm.findings,
+            input_mode=cfg.data.input_mode, image_size=int(dm.images.shape[1]),
+            mean=pipe.mean.view(-1).tolist(), std=pipe.std.view(-1).tolist(),
+            config_hash=cfg.hash(),
+            extra={"best_checkpoint": Path(best).name,
+                   "best_val_mean_auc": float(callbacks[0].best_model_score or float("nan"))},
+        )
+    return folder
+
+
+@torch.no_grad()
+def predict_part(model: torch.nn.Module, dm: CXRDataModule, part: str) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (n, L) and index rows (n,) of one part of a data module, in evaluation mode."""
+    model.eval()
+    probs, rows = [], []
+    for batch in dm._loader(part, shuffle=False):
+        x = dm.eval_pipe(batch["image"])
+        probs.append(torch.sigmoid(model(x)).numpy())
+        rows.append(batch["row"].numpy())
+    return np.concatenate(probs), np.concatenate(rows)

@@ -1,0 +1,133 @@
+"""Training end to end on a tiny synthetic set: overfitting, exact resume, artifact, DDP (2 CPU processes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cxrkit.cache import build_cache
+from cxrkit.config import load_config
+from cxrkit.datasets import build_index
+from cxrkit.datasets.synthetic import generate
+from cxrkit.index import write_index
+from cxrkit.labels import LabelPolicy
+from cxrkit.models import load_artifact
+from cxrkit.splits import make_splits, write_splits
+from cxrkit.train import CXRModule, masked_auroc, train
+
+FINDINGS = "Cardiomegaly,Pleural Effusion,Infiltration"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("train")
+    folder = generate("nih", tmp / "data", n=160, size=48, seed=1, workers=1)
+    index = build_index("nih", folder)
+    write_index(index, tmp / "index.parquet")
+    targets = LabelPolicy(findings=FINDINGS).apply(index.frame)
+    write_splits(make_splits(index.frame, targets, seed=0), tmp / "splits.parquet")
+    build_cache(index, tmp / "cache", size=48, workers=1)
+    return tmp
+
+
+def config(workdir: Path, *overrides: str):
+    base = [
+        f"data.index={workdir / 'index.parquet'}",
+        f"data.splits={workdir / 'splits.parquet'}",
+        f"data.cache={workdir / 'cache'}",
+        f"data.policy={{findings: '{FINDINGS}'}}",
+        "data.batch_size=16",
+        "model.arch=test_resnet",
+        "optim.lr=0.003",
+        "schedule.name=triangular2",
+        "schedule.base_lr=0.0003",
+        "schedule.max_lr=0.003",
+        "schedule.step_size=3",
+        "train.accelerator=cpu",
+        "train.devices=1",
+        f"train.out={workdir / 'runs'}",
+    ]
+    return load_config(None, base + list(overrides))
+
+
+def test_tiny_model_overfits_a_tiny_batch():
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.arch=test_resnet", "loss.name=bce", "data.input_mode=gray3"]).to_dict()
+    module = CXRModule(cfg, ["A", "B"])
+    x = torch.randn(8, 3, 32, 32)
+    y = torch.tensor([[1, 0], [0, 1], [1, 1], [0, 0]] * 2, dtype=torch.float32)
+    mask = torch.ones_like(y, dtype=torch.bool)
+    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        loss = module.loss_fn(module(x), y, mask)
+        first = first if first is not None else float(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    module.eval()
+    with torch.no_grad():
+        probs = torch.sigmoid(module(x))
+    assert float(loss) < 0.2 * first
+    assert ((probs > 0.5) == y.bool()).all()
+
+
+def test_masked_auroc():
+    probs = torch.tensor([[0.9, 0.2], [0.8, 0.3], [0.1, 0.4], [0.3, 0.9]])
+    y = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+    mask = torch.tensor([[True, True], [True, True], [True, True], [True, False]])
+    aucs = masked_auroc(probs, y, mask)
+    assert aucs[0] == pytest.approx(1.0)
+    assert np.isnan(aucs[1])  # the only positive is masked: undefined, not 0.5
+
+
+def test_run_folder_artifact_and_exact_resume(workdir: Path):
+    whole = train(config(workdir, "train.name=whole", "train.max_epochs=2"))
+    assert (whole / "config.yaml").is_file() and (whole / "checkpoints" / "last.ckpt").is_file()
+    assert (whole / "logs" / "metrics.csv").is_file() and any((whole / "tb").iterdir())
+    model, meta = load_artifact(whole / "model")
+    assert list(meta.labels) == FINDINGS.split(",") and meta.input_mode == "enhanced"
+    metrics = pd.read_csv(whole / "logs" / "metrics.csv")
+    assert metrics["val/mean_auc"].notna().sum() == 2  # per-finding val AUC every epoch
+    assert any(c.startswith("val/auc/") for c in metrics.columns)
+
+    # "killed" after one epoch, then resumed to two: same weights and metrics
+    train(config(workdir, "train.name=killed", "train.max_epochs=1"))
+    with pytest.raises(Exception, match="already has checkpoints"):
+        train(config(workdir, "train.name=killed", "train.max_epochs=2"))
+    resumed = train(config(workdir, "train.name=killed", "train.max_epochs=2"), resume=True)
+    a = torch.load(whole / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ma = pd.read_csv(whole / "logs" / "metrics.csv")["val/mean_auc"].dropna().tolist()
+    mb = pd.read_csv(resumed / "logs" / "metrics.csv")["val/mean_auc"].dropna().tolist()
+    assert ma[-1] == pytest.approx(mb[-1], abs=0)
+
+
+def test_ddp_two_cpu_processes(workdir: Path):
+    """Lightning DDP with 2 processes (gloo) for one epoch through the real command line."""
+    cfg = config(workdir, "train.name=ddp")
+    args = [f"{k}={v}" for k, v in (
+        ("data.index", cfg.data.index), ("data.splits", cfg.data.splits), ("data.cache", cfg.data.cache),
+        ("data.policy", f"{{findings: '{FINDINGS}'}}"), ("data.batch_size", 16), ("model.arch", "test_resnet"),
+        ("train.accelerator", "cpu"), ("train.devices", 2), ("train.strategy", "ddp"),
+        ("train.max_epochs", 1), ("train.name", "ddp"), ("train.out", cfg.train.out),
+    )]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "cxrkit", "train", *args], capture_output=True,
+                          text=True, timeout=600, env=env, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = workdir / "runs" / "ddp"
+    assert "world_size=2" in proc.stderr or "distributed_backend=gloo" in proc.stderr
+    for rel in ("config.yaml", "checkpoints/last.ckpt", "model/model.json", "model/model.safetensors",
+                "logs/metrics.csv"):
+        assert (run / rel).is_file(), rel
