@@ -15,8 +15,15 @@ REPO = Path(__file__).resolve().parents[1]
 def test_defaults_and_overrides(tmp_path: Path):
     p = tmp_path / "c.yaml"
     p.write_text("model:\n  arch: resnet18\ntrain:\n  max_epochs: 2\n")
-    cfg = load_config(p, ["train.max_epochs=5", "optim.lr=3e-4", "data.policy.views=frontal",
-                          "train.gradient_clip_val=1"])
+    cfg = load_config(
+        p,
+        [
+            "train.max_epochs=5",
+            "optim.lr=3e-4",
+            "data.policy.views=frontal",
+            "train.gradient_clip_val=1",
+        ],
+    )
     assert isinstance(cfg, Config)
     assert cfg.model.arch == "resnet18" and cfg.train.max_epochs == 5
     assert cfg.optim.lr == pytest.approx(3e-4) and cfg.train.gradient_clip_val == 1.0

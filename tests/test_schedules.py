@@ -42,7 +42,9 @@ def test_cosine_with_warmup_and_onecycle():
     assert got[4 + 8] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 8 / 16)))
     assert got[-1] < got[4]
     opt = build_optimizer(p, "adam")
-    oc = trace(opt, build_scheduler(opt, "onecycle", max_lr=0.1, total_steps=20, pct_start=0.25), 20)
+    oc = trace(
+        opt, build_scheduler(opt, "onecycle", max_lr=0.1, total_steps=20, pct_start=0.25), 20
+    )
     assert max(oc) == pytest.approx(0.1, rel=1e-3) and oc.index(max(oc)) == 4
 
 

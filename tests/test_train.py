@@ -59,7 +59,9 @@ def config(workdir: Path, *overrides: str):
 
 def test_tiny_model_overfits_a_tiny_batch():
     torch.manual_seed(0)
-    cfg = load_config(None, ["model.arch=test_resnet", "loss.name=bce", "data.input_mode=gray3"]).to_dict()
+    cfg = load_config(
+        None, ["model.arch=test_resnet", "loss.name=bce", "data.input_mode=gray3"]
+    ).to_dict()
     module = CXRModule(cfg, ["A", "B"])
     x = torch.randn(8, 3, 32, 32)
     y = torch.tensor([[1, 0], [0, 1], [1, 1], [0, 0]] * 2, dtype=torch.float32)
@@ -116,18 +118,50 @@ def test_run_folder_artifact_and_exact_resume(workdir: Path):
 def test_ddp_two_cpu_processes(workdir: Path):
     """Lightning DDP with 2 processes (gloo) for one epoch through the real command line."""
     cfg = config(workdir, "train.name=ddp")
-    args = [f"{k}={v}" for k, v in (
-        ("data.index", cfg.data.index), ("data.splits", cfg.data.splits), ("data.cache", cfg.data.cache),
-        ("data.policy", f"{{findings: '{FINDINGS}'}}"), ("data.batch_size", 16), ("model.arch", "test_resnet"),
-        ("train.accelerator", "cpu"), ("train.devices", 2), ("train.strategy", "ddp"),
-        ("train.max_epochs", 1), ("train.name", "ddp"), ("train.out", cfg.train.out),
-    )]
+    args = [
+        f"{k}={v}"
+        for k, v in (
+            ("data.index", cfg.data.index),
+            ("data.splits", cfg.data.splits),
+            ("data.cache", cfg.data.cache),
+            ("data.policy", f"{{findings: '{FINDINGS}'}}"),
+            ("data.batch_size", 16),
+            ("model.arch", "test_resnet"),
+            ("train.accelerator", "cpu"),
+            ("train.devices", 2),
+            ("train.strategy", "ddp"),
+            ("train.max_epochs", 1),
+            ("train.name", "ddp"),
+            ("train.out", cfg.train.out),
+        )
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "cxrkit", "train", *args], capture_output=True,
-                          text=True, timeout=600, env=env, cwd=workdir)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxrkit", "train", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=workdir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = workdir / "runs" / "ddp"
     assert "world_size=2" in proc.stderr or "distributed_backend=gloo" in proc.stderr
-    for rel in ("config.yaml", "checkpoints/last.ckpt", "model/model.json", "model/model.safetensors",
-                "logs/metrics.csv"):
+    for rel in (
+        "config.yaml",
+        "checkpoints/last.ckpt",
+        "model/model.json",
+        "model/model.safetensors",
+        "logs/metrics.csv",
+    ):
         assert (run / rel).is_file(), rel
+
+
+def test_lr_find_writes_a_plot(workdir: Path):
+    from cxrkit.train import lr_find
+
+    suggestion, path = lr_find(
+        config(workdir, "train.name=lrf"), workdir / "lr.png", steps=12, min_lr=1e-5, max_lr=1.0
+    )
+    assert path.is_file() and path.stat().st_size > 5000
+    assert suggestion is None or 1e-5 <= suggestion <= 1.0

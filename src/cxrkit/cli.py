@@ -582,6 +582,30 @@ def train_cmd(
     console.print(f"[green]trained[/green] {folder}: model artifact in {folder / 'model'}")
 
 
+@app.command("lr-find")
+def lr_find_cmd(
+    config: Annotated[Path | None, typer.Argument(help="A YAML config (see configs/).")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The plot to write.")] = Path(
+        "lr_find.png"
+    ),
+    min_lr: Annotated[float, typer.Option(help="Start of the range.")] = 1e-7,
+    max_lr: Annotated[float, typer.Option(help="End of the range.")] = 1.0,
+    steps: Annotated[int, typer.Option(help="Training steps of the test.")] = 100,
+) -> None:
+    """Learning-rate range test: loss against an exponentially growing LR, with a suggestion."""
+    from cxrkit.config import load_config
+    from cxrkit.train import lr_find
+
+    overrides = list(overrides or [])
+    if config is not None and "=" in str(config) and not config.exists():
+        config, overrides = None, [str(config), *overrides]
+    cfg = load_config(config, overrides)
+    suggestion, path = lr_find(cfg, out, min_lr=min_lr, max_lr=max_lr, steps=steps)
+    text = f"{suggestion:.2e}" if suggestion else "none (no clear descent)"
+    console.print(f"suggested learning rate: {text}; plot in {path}")
+
+
 # ---- demo ----------------------------------------------------------------------------------------
 
 

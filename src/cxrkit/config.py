@@ -181,7 +181,9 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise CxrkitError(f"override '{item}' must look like section.key=value, e.g. train.max_epochs=3.")
+            raise CxrkitError(
+                f"override '{item}' must look like section.key=value, e.g. train.max_epochs=3."
+            )
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:

@@ -35,8 +35,9 @@ def build_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0,
-                               weight_decay=weight_decay)
+        return torch.optim.SGD(
+            params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay
+        )
     raise CxrkitError(did_you_mean(name, OPTIMIZERS, what="optimizer"))
 
 
@@ -72,7 +73,11 @@ def build_scheduler(
             )
         cycle_momentum = "momentum" in optimizer.defaults and optimizer.defaults["momentum"] > 0
         return torch.optim.lr_scheduler.CyclicLR(
-            optimizer, base_lr=base_lr, max_lr=max_lr, step_size_up=step_size, mode=name,
+            optimizer,
+            base_lr=base_lr,
+            max_lr=max_lr,
+            step_size_up=step_size,
+            mode=name,
             cycle_momentum=cycle_momentum,
         )
     if name in ("onecycle", "cosine") and not total_steps:

@@ -73,12 +73,19 @@ class CXRModule(L.LightningModule):
         self.cfg, self.findings, self.steps_per_epoch = cfg, list(findings), max(1, steps_per_epoch)
         m, d = cfg["model"], cfg["data"]
         self.model = create_model(
-            m["arch"], pretrained=m["pretrained"], num_classes=len(findings),
-            input_mode=d["input_mode"], weights=m["weights"], drop_rate=m["drop_rate"],
+            m["arch"],
+            pretrained=m["pretrained"],
+            num_classes=len(findings),
+            input_mode=d["input_mode"],
+            weights=m["weights"],
+            drop_rate=m["drop_rate"],
         )
         lc = cfg["loss"]
-        kw = {"gamma": lc["gamma"]} if lc["name"] == "focal" else (
-            {"margin": lc["margin"]} if lc["name"] == "auc_margin" else {})
+        kw = (
+            {"gamma": lc["gamma"]}
+            if lc["name"] == "focal"
+            else ({"margin": lc["margin"]} if lc["name"] == "auc_margin" else {})
+        )
         self.loss_fn = build_loss(lc["name"], y_train, mask_train, **kw)
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._t0: float | None = None
@@ -102,7 +109,9 @@ class CXRModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         seed = int(self.cfg["train"]["seed"])
-        torch.manual_seed(seed * 100_003 + self.current_epoch)  # dropout etc.: a function of the epoch
+        torch.manual_seed(
+            seed * 100_003 + self.current_epoch
+        )  # dropout etc.: a function of the epoch
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "set_epoch"):
             dm.set_epoch(self.current_epoch)
@@ -112,13 +121,29 @@ class CXRModule(L.LightningModule):
         loss = self.loss_fn(logits, batch["y"], batch["mask"])
         now = time.perf_counter()
         if self._t0 is not None:
-            self.log("img_s", batch["y"].shape[0] / max(now - self._t0, 1e-9), prog_bar=True,
-                     on_step=True, on_epoch=False)
+            self.log(
+                "img_s",
+                batch["y"].shape[0] / max(now - self._t0, 1e-9),
+                prog_bar=True,
+                on_step=True,
+                on_epoch=False,
+            )
         self._t0 = now
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
-                 batch_size=batch["y"].shape[0])
-        self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, on_step=True,
-                 on_epoch=False)
+        self.log(
+            "train/loss",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=batch["y"].shape[0],
+        )
+        self.log(
+            "lr",
+            self.optimizers().param_groups[0]["lr"],
+            prog_bar=True,
+            on_step=True,
+            on_epoch=False,
+        )
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -150,18 +175,27 @@ class CXRModule(L.LightningModule):
         params: Any = [p for p in self.model.parameters() if p.requires_grad]
         ascent = getattr(self.loss_fn, "ascent_parameters", None)
         descent = getattr(self.loss_fn, "descent_parameters", None)
-        opt = build_optimizer(params, o["name"], lr=o["lr"], weight_decay=o["weight_decay"],
-                              momentum=o["momentum"])
+        opt = build_optimizer(
+            params, o["name"], lr=o["lr"], weight_decay=o["weight_decay"], momentum=o["momentum"]
+        )
         if descent is not None:
             opt.add_param_group({"params": list(descent()), "lr": o["lr"], "weight_decay": 0.0})
         if ascent is not None:  # AUC-margin's alpha is maximised (LibAUC's min-max)
-            opt.add_param_group({"params": list(ascent()), "lr": o["lr"], "weight_decay": 0.0,
-                                 "maximize": True})
+            opt.add_param_group(
+                {"params": list(ascent()), "lr": o["lr"], "weight_decay": 0.0, "maximize": True}
+            )
         total = self.steps_per_epoch * int(self.cfg["train"]["max_epochs"])
         step_size = s["step_size"] or 2 * self.steps_per_epoch
-        sched = build_scheduler(opt, s["name"], base_lr=s["base_lr"], max_lr=s["max_lr"],
-                                step_size=step_size, total_steps=total,
-                                warmup_steps=s["warmup_steps"], pct_start=s["pct_start"])
+        sched = build_scheduler(
+            opt,
+            s["name"],
+            base_lr=s["base_lr"],
+            max_lr=s["max_lr"],
+            step_size=step_size,
+            total_steps=total,
+            warmup_steps=s["warmup_steps"],
+            pct_start=s["pct_start"],
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
@@ -181,11 +215,20 @@ def run_folder(cfg: Config) -> Path:
 
 def make_datamodule(cfg: Config) -> CXRDataModule:
     d = cfg.data
-    dm = CXRDataModule(DataConfig(
-        index=d.index, cache=d.cache, splits=d.splits, policy=d.policy, input_mode=d.input_mode,
-        batch_size=d.batch_size, num_workers=d.num_workers,
-        augment=AugmentConfig() if d.augment else None, balance=d.balance, seed=cfg.train.seed,
-    ))
+    dm = CXRDataModule(
+        DataConfig(
+            index=d.index,
+            cache=d.cache,
+            splits=d.splits,
+            policy=d.policy,
+            input_mode=d.input_mode,
+            batch_size=d.batch_size,
+            num_workers=d.num_workers,
+            augment=AugmentConfig() if d.augment else None,
+            balance=d.balance,
+            seed=cfg.train.seed,
+        )
+    )
     dm.setup("fit")
     return dm
 
@@ -196,7 +239,9 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     ckpt_dir = folder / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     if resume and not last.is_file():
-        raise CxrkitError(f"nothing to resume: '{last}' does not exist. Start the run without --resume.")
+        raise CxrkitError(
+            f"nothing to resume: '{last}' does not exist. Start the run without --resume."
+        )
     if not resume and last.is_file():
         raise CxrkitError(
             f"run '{folder}' already has checkpoints: pass --resume to continue it, or set "
@@ -206,7 +251,9 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     dm = make_datamodule(cfg)
     train_ds = dm.datasets[dm.cfg.train_part]
     if len(dm.datasets[dm.cfg.val_part]) == 0:
-        raise CxrkitError("the validation part is empty: make splits with a val fraction (cxrkit split).")
+        raise CxrkitError(
+            "the validation part is empty: make splits with a val fraction (cxrkit split)."
+        )
     steps = -(-len(train_ds) // cfg.data.batch_size)
     if cfg.train.limit_train_batches is not None:
         lim = cfg.train.limit_train_batches
@@ -216,22 +263,41 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     save_config(cfg, folder / "config.yaml")
     callbacks: list = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor="val/mean_auc",
-                        mode="max", save_last=True, save_top_k=1),
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="best-{epoch:03d}",
+            monitor="val/mean_auc",
+            mode="max",
+            save_last=True,
+            save_top_k=1,
+        ),
         LearningRateMonitor(logging_interval="step"),
     ]
     if cfg.train.early_stopping_patience:
-        callbacks.append(EarlyStopping(monitor="val/mean_auc", mode="max",
-                                       patience=cfg.train.early_stopping_patience))
+        callbacks.append(
+            EarlyStopping(
+                monitor="val/mean_auc", mode="max", patience=cfg.train.early_stopping_patience
+            )
+        )
     trainer = L.Trainer(
-        default_root_dir=folder, max_epochs=cfg.train.max_epochs, accelerator=cfg.train.accelerator,
-        devices=cfg.train.devices, num_nodes=cfg.train.num_nodes, strategy=cfg.train.strategy,
-        precision=_precision(cfg), accumulate_grad_batches=cfg.train.accumulate_grad_batches,
-        gradient_clip_val=cfg.train.gradient_clip_val, deterministic=cfg.train.deterministic,
-        limit_train_batches=cfg.train.limit_train_batches, limit_val_batches=cfg.train.limit_val_batches,
-        log_every_n_steps=cfg.train.log_every_n_steps, callbacks=callbacks,
-        logger=[CSVLogger(folder, name="logs", version=""),
-                TensorBoardLogger(folder, name="tb", version="")],
+        default_root_dir=folder,
+        max_epochs=cfg.train.max_epochs,
+        accelerator=cfg.train.accelerator,
+        devices=cfg.train.devices,
+        num_nodes=cfg.train.num_nodes,
+        strategy=cfg.train.strategy,
+        precision=_precision(cfg),
+        accumulate_grad_batches=cfg.train.accumulate_grad_batches,
+        gradient_clip_val=cfg.train.gradient_clip_val,
+        deterministic=cfg.train.deterministic,
+        limit_train_batches=cfg.train.limit_train_batches,
+        limit_val_batches=cfg.train.limit_val_batches,
+        log_every_n_steps=cfg.train.log_every_n_steps,
+        callbacks=callbacks,
+        logger=[
+            CSVLogger(folder, name="logs", version=""),
+            TensorBoardLogger(folder, name="tb", version=""),
+        ],
         enable_model_summary=False,
     )
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
@@ -241,18 +307,27 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         module.load_state_dict(state)
         pipe = dm.eval_pipe
         save_artifact(
-            module.model, folder / "model", arch=cfg.model.arch, findings=dm.findings,
-            input_mode=cfg.data.input_mode, image_size=int(dm.images.shape[1]),
-            mean=pipe.mean.view(-1).tolist(), std=pipe.std.view(-1).tolist(),
+            module.model,
+            folder / "model",
+            arch=cfg.model.arch,
+            findings=dm.findings,
+            input_mode=cfg.data.input_mode,
+            image_size=int(dm.images.shape[1]),
+            mean=pipe.mean.view(-1).tolist(),
+            std=pipe.std.view(-1).tolist(),
             config_hash=cfg.hash(),
-            extra={"best_checkpoint": Path(best).name,
-                   "best_val_mean_auc": float(callbacks[0].best_model_score or float("nan"))},
+            extra={
+                "best_checkpoint": Path(best).name,
+                "best_val_mean_auc": float(callbacks[0].best_model_score or float("nan")),
+            },
         )
     return folder
 
 
 @torch.no_grad()
-def predict_part(model: torch.nn.Module, dm: CXRDataModule, part: str) -> tuple[np.ndarray, np.ndarray]:
+def predict_part(
+    model: torch.nn.Module, dm: CXRDataModule, part: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities (n, L) and index rows (n,) of one part of a data module, in evaluation mode."""
     model.eval()
     probs, rows = [], []
@@ -261,3 +336,53 @@ def predict_part(model: torch.nn.Module, dm: CXRDataModule, part: str) -> tuple[
         probs.append(torch.sigmoid(model(x)).numpy())
         rows.append(batch["row"].numpy())
     return np.concatenate(probs), np.concatenate(rows)
+
+
+def lr_find(
+    cfg: Config, out: str | Path, *, min_lr: float = 1e-7, max_lr: float = 1.0, steps: int = 100
+) -> tuple[float | None, Path]:
+    """The learning-rate range test (Smith 2017) with Lightning's tuner; writes the loss-vs-LR plot.
+
+    Returns:
+        The suggested learning rate (steepest loss descent; None if the curve has no descent) and
+        the plot's path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lightning.pytorch.tuner import Tuner
+
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    dm = make_datamodule(cfg)
+    train_ds = dm.datasets[dm.cfg.train_part]
+    module = CXRModule(cfg.to_dict(), dm.findings, train_ds.y.numpy(), train_ds.mask.numpy(), steps)
+    trainer = L.Trainer(
+        default_root_dir=Path(out).parent,
+        accelerator=cfg.train.accelerator,
+        devices=1,
+        precision=_precision(cfg),
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        max_epochs=1,
+    )
+    result = Tuner(trainer).lr_find(
+        module,
+        datamodule=dm,
+        min_lr=min_lr,
+        max_lr=max_lr,
+        num_training=steps,
+        update_attr=False,
+        early_stop_threshold=None,
+    )
+    if result is None:
+        raise CxrkitError("the learning-rate range test produced no result.")
+    fig = result.plot(suggest=True)
+    fig.axes[0].set_title(f"LR range test: {cfg.model.arch}, {cfg.data.input_mode}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from cxrkit.fileio import atomic_path
+
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", dpi=120)
+    return result.suggestion(), out
