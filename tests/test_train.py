@@ -165,3 +165,36 @@ def test_lr_find_writes_a_plot(workdir: Path):
     )
     assert path.is_file() and path.stat().st_size > 5000
     assert suggestion is None or 1e-5 <= suggestion <= 1.0
+
+
+def test_experiment_grid_goes_on_after_a_failed_run(workdir: Path):
+    import yaml
+
+    from cxrkit.experiment import run_grid
+
+    base = workdir / "base.yaml"
+    cfg = config(workdir, "train.max_epochs=1")
+    base.write_text(yaml.safe_dump(cfg.to_dict()))
+    grid = workdir / "grid.yaml"
+    grid.write_text(
+        yaml.safe_dump(
+            {
+                "base": "base.yaml",
+                "name": "g",
+                "grid": {
+                    "model.arch": ["test_resnet", "no_such_net"],
+                    "data.input_mode": ["gray3", "enhanced"],
+                },
+            }
+        )
+    )
+    table = run_grid(grid)
+    assert len(table) == 4
+    ok = table[table["status"] == "ok"]
+    assert set(ok["input_mode"]) == {"gray3", "enhanced"} and len(ok) == 2
+    assert ok["multilabel_auc"].between(0, 1).all() and ok["accuracy"].between(0, 1).all()
+    assert table.loc[table["status"] != "ok", "status"].str.contains("unknown architecture").all()
+    out = workdir / "runs" / "g"
+    assert (out / "comparison.md").read_text().count("\n") == 6
+    again = run_grid(grid)  # finished runs are evaluated again, not retrained
+    assert again.loc[again["status"] == "ok", "train_minutes"].isna().all()

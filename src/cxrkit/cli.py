@@ -582,6 +582,32 @@ def train_cmd(
     console.print(f"[green]trained[/green] {folder}: model artifact in {folder / 'model'}")
 
 
+@app.command("experiment")
+def experiment_cmd(
+    grid: Annotated[Path, typer.Argument(help="A grid YAML (see configs/thesis_grid.yaml).")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="Dotted overrides for every run.")
+    ] = None,
+) -> None:
+    """Train a grid of runs in sequence (a failed run does not stop it) and compare them."""
+    from cxrkit.experiment import run_grid
+
+    table = run_grid(grid, list(overrides or []))
+    t = Table(title="comparison (test part)", title_justify="left")
+    for col in table.columns:
+        t.add_column(str(col), no_wrap=col == "run")
+    for _, r in table.iterrows():
+        t.add_row(
+            *[
+                f"{v:.3f}"
+                if isinstance(v, float) and v == v
+                else ("" if v is None or v != v else str(v))
+                for v in r.tolist()
+            ]
+        )
+    console.print(t)
+
+
 @app.command("lr-find")
 def lr_find_cmd(
     config: Annotated[Path | None, typer.Argument(help="A YAML config (see configs/).")] = None,
