@@ -51,7 +51,16 @@ def test_mistyped_key_and_wrong_type(tmp_path: Path):
 
 
 def test_shipped_configs_load():
+    from cxrkit.experiment import read_grid
+
     files = sorted((REPO / "configs").glob("*.yaml"))
-    assert files
+    grids = [f for f in files if f.stem.endswith("_grid")]
+    assert len(files) > len(grids) >= 1
     for f in files:
-        load_config(f)
+        if f in grids:
+            base, name, combos, fixed = read_grid(f)
+            assert len(combos) == 4  # the thesis's 2 x 2 grid
+            for combo in combos:
+                load_config(base, fixed + [f"{k}={v}" for k, v in combo.items()])
+        else:
+            load_config(f)

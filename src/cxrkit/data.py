@@ -161,6 +161,7 @@ class CXRDataModule(L.LightningDataModule):
 
         cfg = self.cfg
         index = read_index(cfg.index)
+        self.index_frame = index.frame
         policy = (
             LabelPolicy.from_dict(cfg.policy)
             if isinstance(cfg.policy, dict)

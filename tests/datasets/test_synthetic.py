@@ -158,10 +158,3 @@ def test_rerun_and_conflicts(tmp_path: Path, run_cli):
     assert_one_line_error(code, err, "did you mean 'chexpert'")
     code, _, err = run_cli("synth", "--size", "8", "--out", tmp_path / "new")
     assert_one_line_error(code, err, "--size")
-
-
-def test_demo_runs(tmp_path: Path, run_cli):
-    code, out, err = run_cli("demo", "--out", tmp_path / "demo", "--n", "80", "--size", "48")
-    assert code == 0, err
-    assert (tmp_path / "demo" / "index.parquet").is_file()
-    assert "Cardiomegaly" in out and "neg:pos" in out
