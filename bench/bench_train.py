@@ -17,11 +17,9 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
-
 from cxrkit.cache import build_cache  # noqa: E402
 from cxrkit.config import load_config  # noqa: E402
 from cxrkit.datasets import build_index  # noqa: E402
@@ -59,30 +57,54 @@ def main() -> None:
         index = build_index("nih", folder)
         write_index(index, tmp / "index.parquet")
         t = LabelPolicy(findings="nih").apply(index.frame)
-        write_splits(make_splits(index.frame, t, fractions=(0.8, 0.1, 0.1), seed=0), tmp / "splits.parquet")
+        write_splits(
+            make_splits(index.frame, t, fractions=(0.8, 0.1, 0.1), seed=0), tmp / "splits.parquet"
+        )
         build_cache(index, tmp / "cache", size=args.size)
         for arch in args.archs:
-            cfg = load_config(None, [
-                f"data.index={tmp / 'index.parquet'}", f"data.splits={tmp / 'splits.parquet'}",
-                f"data.cache={tmp / 'cache'}", "data.policy=default", f"data.batch_size={args.batch}",
-                f"model.arch={arch}", "train.max_epochs=1", f"train.limit_train_batches={args.steps + args.warmup}",
-                "train.limit_val_batches=0", f"train.out={tmp / 'runs'}", f"train.name={arch}",
-            ])
+            cfg = load_config(
+                None,
+                [
+                    f"data.index={tmp / 'index.parquet'}",
+                    f"data.splits={tmp / 'splits.parquet'}",
+                    f"data.cache={tmp / 'cache'}",
+                    "data.policy=default",
+                    f"data.batch_size={args.batch}",
+                    f"model.arch={arch}",
+                    "train.max_epochs=1",
+                    f"train.limit_train_batches={args.steps + args.warmup}",
+                    "train.limit_val_batches=0",
+                    f"train.out={tmp / 'runs'}",
+                    f"train.name={arch}",
+                ],
+            )
             # Lightning
             L.seed_everything(0, verbose=False)
             dm = make_datamodule(cfg)
             ds = dm.datasets["train"]
-            module = CXRModule(cfg.to_dict(), dm.findings, ds.y.numpy(), ds.mask.numpy(), args.steps)
+            module = CXRModule(
+                cfg.to_dict(), dm.findings, ds.y.numpy(), ds.mask.numpy(), args.steps
+            )
             timer = StepTimer(args.warmup)
-            trainer = L.Trainer(max_epochs=1, limit_train_batches=args.steps + args.warmup,
-                                limit_val_batches=0, logger=False, enable_checkpointing=False,
-                                enable_progress_bar=False, enable_model_summary=False,
-                                callbacks=[timer], accelerator="auto", devices=1)
+            trainer = L.Trainer(
+                max_epochs=1,
+                limit_train_batches=args.steps + args.warmup,
+                limit_val_batches=0,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                callbacks=[timer],
+                accelerator="auto",
+                devices=1,
+            )
             trainer.fit(module, datamodule=dm)
             lightning_ips = timer.n / (time.perf_counter() - timer.t0)
             # plain PyTorch on the same pieces
             L.seed_everything(0, verbose=False)
-            module = CXRModule(cfg.to_dict(), dm.findings, ds.y.numpy(), ds.mask.numpy(), args.steps)
+            module = CXRModule(
+                cfg.to_dict(), dm.findings, ds.y.numpy(), ds.mask.numpy(), args.steps
+            )
             opt = module.configure_optimizers()["optimizer"]
             module.train()
             it = iter(dm.train_dataloader())
@@ -99,10 +121,17 @@ def main() -> None:
                 elif step + 1 > args.warmup:
                     count += batch["y"].shape[0]
             plain_ips = count / (time.perf_counter() - t0)
-            rows.append({"model": arch, "px": args.size, "batch": args.batch, "device": "cpu",
-                         "cxrkit (Lightning) img/s": f"{lightning_ips:.1f}",
-                         "plain PyTorch img/s": f"{plain_ips:.1f}",
-                         "Lightning overhead": f"{(plain_ips / lightning_ips - 1) * 100:+.1f} %"})
+            rows.append(
+                {
+                    "model": arch,
+                    "px": args.size,
+                    "batch": args.batch,
+                    "device": "cpu",
+                    "cxrkit (Lightning) img/s": f"{lightning_ips:.1f}",
+                    "plain PyTorch img/s": f"{plain_ips:.1f}",
+                    "Lightning overhead": f"{(plain_ips / lightning_ips - 1) * 100:+.1f} %",
+                }
+            )
             print(rows[-1], flush=True)
     report("train", "uv run python bench/bench_train.py " + " ".join(sys.argv[1:]), rows)
 

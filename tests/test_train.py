@@ -198,3 +198,49 @@ def test_experiment_grid_goes_on_after_a_failed_run(workdir: Path):
     assert (out / "comparison.md").read_text().count("\n") == 6
     again = run_grid(grid)  # finished runs are evaluated again, not retrained
     assert again.loc[again["status"] == "ok", "train_minutes"].isna().all()
+
+
+def test_hierarchy_aware_training_two_stages(tmp_path: Path):
+    folder = generate("chexpert", tmp_path / "data", n=120, size=40, seed=2, workers=1)
+    index = build_index("chexpert", folder.parent)
+    write_index(index, tmp_path / "index.parquet")
+    targets = LabelPolicy(findings="competition").apply(index.frame)
+    write_splits(make_splits(index.frame, targets, seed=0), tmp_path / "splits.parquet")
+    build_cache(index, tmp_path / "cache", size=40, workers=1)
+    cfg = load_config(
+        None,
+        [
+            f"data.index={tmp_path / 'index.parquet'}",
+            f"data.splits={tmp_path / 'splits.parquet'}",
+            f"data.cache={tmp_path / 'cache'}",
+            "data.policy=thesis",
+            "data.batch_size=16",
+            "model.arch=test_resnet",
+            "train.accelerator=cpu",
+            "train.devices=1",
+            "train.max_epochs=1",
+            "train.hierarchy=true",
+            "train.freeze=head",
+            f"train.out={tmp_path / 'runs'}",
+            "train.name=h",
+        ],
+    )
+    run = train(cfg)
+    _, stage1 = load_artifact(run / "stage1-parents" / "model")
+    model, meta = load_artifact(run / "model")
+    assert set(stage1.labels) == {"Enlarged Cardiomediastinum", "Lung Opacity", "Consolidation"}
+    assert list(meta.labels) == [
+        "Atelectasis",
+        "Cardiomegaly",
+        "Consolidation",
+        "Edema",
+        "Pleural Effusion",
+    ]
+    s1_model, _ = load_artifact(run / "stage1-parents" / "model")
+    frozen = [
+        k
+        for k in s1_model.state_dict()
+        if "fc" not in k and "classifier" not in k and "head" not in k
+    ]
+    same = [torch.equal(s1_model.state_dict()[k], model.state_dict()[k]) for k in frozen]
+    assert same and all(same)  # freeze=head: stage 2 trained the classifier only

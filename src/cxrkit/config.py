@@ -90,6 +90,11 @@ class TrainSection:
     log_every_n_steps: int = 10
     out: str = "runs"
     name: str | None = None
+    # Hierarchy-aware training (Pham et al. 2019; the thesis's future work): first train on the
+    # parent findings, then fine-tune on the targets starting from that backbone.
+    hierarchy: bool = False
+    stage1_epochs: int | None = None  # default: half of max_epochs
+    freeze: str = "none"  # "none", or "head": train the classifier only (the backbone is frozen)
 
 
 @dataclass

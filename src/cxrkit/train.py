@@ -80,6 +80,14 @@ class CXRModule(L.LightningModule):
             weights=m["weights"],
             drop_rate=m["drop_rate"],
         )
+        freeze = cfg["train"].get("freeze", "none")
+        if freeze not in ("none", "head"):
+            raise CxrkitError(f"train.freeze must be 'none' or 'head'. Got '{freeze}' instead.")
+        if freeze == "head":
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+            for p in self.model.get_classifier().parameters():
+                p.requires_grad_(True)
         lc = cfg["loss"]
         kw = (
             {"gamma": lc["gamma"]}
@@ -93,6 +101,14 @@ class CXRModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) → (B, L) logits."""
         return self.model(x)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """With ``train.freeze=head`` the frozen backbone's batch-norm statistics stay fixed too
+        (Lightning restores module modes between loops, so this is set before every batch)."""
+        if self.cfg["train"].get("freeze") == "head":
+            for m in self.model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
     def _input(self, batch: dict) -> torch.Tensor:
         x = batch["input"]
@@ -234,7 +250,71 @@ def make_datamodule(cfg: Config) -> CXRDataModule:
 
 
 def train(cfg: Config, *, resume: bool = False) -> Path:
-    """Train as the config says; returns the run folder (config.yaml, checkpoints/, logs, model/)."""
+    """Train as the config says; returns the run folder (config.yaml, checkpoints/, logs, model/).
+
+    With ``train.hierarchy`` the run has two stages (see :func:`train_hierarchical`).
+    """
+    if cfg.train.hierarchy:
+        return train_hierarchical(cfg, resume=resume)
+    return _train_one(cfg, resume=resume)
+
+
+def _policy_dict(spec: Any) -> dict[str, Any]:
+    from cxrkit.labels import LabelPolicy
+
+    pol = LabelPolicy.from_dict(spec) if isinstance(spec, dict) else LabelPolicy.from_spec(spec)
+    return pol.to_dict()
+
+
+def train_hierarchical(cfg: Config, *, resume: bool = False) -> Path:
+    """Hierarchy-aware training (Pham et al. 2019): parents first, then the target findings.
+
+    Stage 1 trains the backbone on the parent findings of the CheXpert tree that the index labels
+    (Enlarged Cardiomediastinum, Lung Opacity, Consolidation) for ``train.stage1_epochs`` epochs
+    into ``<run>/stage1-parents``; stage 2 starts from its best weights (the classifier is
+    re-initialised for the targets) and trains on the configured findings for ``max_epochs``, the
+    whole network or, with ``train.freeze=head``, the classifier only. Both stages resume.
+    """
+    import dataclasses
+
+    from cxrkit.findings import PARENT
+    from cxrkit.index import read_index
+
+    folder = run_folder(cfg)
+    index = read_index(cfg.data.index)
+    parents = [f for f in dict.fromkeys(PARENT.values()) if f in index.findings]
+    if not parents:
+        raise CxrkitError(
+            "train.hierarchy needs parent findings (Enlarged Cardiomediastinum, Lung Opacity, "
+            "Consolidation) in the index; this dataset labels none of them."
+        )
+    pol = _policy_dict(cfg.data.policy)
+    stage1 = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, policy={**pol, "findings": parents}),
+        train=dataclasses.replace(
+            cfg.train,
+            hierarchy=False,
+            freeze="none",
+            out=str(folder),
+            name="stage1-parents",
+            max_epochs=cfg.train.stage1_epochs or max(1, cfg.train.max_epochs // 2),
+        ),
+    )
+    s1 = run_folder(stage1)
+    if not (s1 / "model" / "model.json").is_file():
+        _train_one(stage1, resume=resume and (s1 / "checkpoints" / "last.ckpt").is_file())
+    stage2 = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(
+            cfg.model, pretrained=False, weights=str(s1 / "model" / "model.safetensors")
+        ),
+        train=dataclasses.replace(cfg.train, hierarchy=False),
+    )
+    return _train_one(stage2, resume=resume and (folder / "checkpoints" / "last.ckpt").is_file())
+
+
+def _train_one(cfg: Config, *, resume: bool = False) -> Path:
     folder = run_folder(cfg)
     ckpt_dir = folder / "checkpoints"
     last = ckpt_dir / "last.ckpt"
