@@ -562,6 +562,16 @@ def cache_cmd(
 # ---- train ---------------------------------------------------------------------------------------
 
 
+def _config_from_args(config: Path | None, overrides: list[str] | None):
+    """The config file argument is optional: ``cxrkit train a.b=c`` gives overrides alone."""
+    from cxrkit.config import load_config
+
+    overrides = list(overrides or [])
+    if config is not None and "=" in str(config) and not config.exists():
+        config, overrides = None, [str(config), *overrides]
+    return load_config(config, overrides)
+
+
 @app.command("train", context_settings={"allow_extra_args": False})
 def train_cmd(
     config: Annotated[Path | None, typer.Argument(help="A YAML config (see configs/).")] = None,
@@ -574,13 +584,9 @@ def train_cmd(
     ] = False,
 ) -> None:
     """Train a model (Lightning): checkpoints, logs and the model artifact in runs/<name>/."""
-    from cxrkit.config import load_config
     from cxrkit.train import train
 
-    overrides = list(overrides or [])
-    if config is not None and "=" in str(config) and not config.exists():
-        config, overrides = None, [str(config), *overrides]  # only overrides were given
-    cfg = load_config(config, overrides)
+    cfg = _config_from_args(config, overrides)
     folder = train(cfg, resume=resume)
     console.print(f"[green]trained[/green] {folder}: model artifact in {folder / 'model'}")
 
@@ -623,13 +629,9 @@ def lr_find_cmd(
     steps: Annotated[int, typer.Option(help="Training steps of the test.")] = 100,
 ) -> None:
     """Learning-rate range test: loss against an exponentially growing LR, with a suggestion."""
-    from cxrkit.config import load_config
     from cxrkit.train import lr_find
 
-    overrides = list(overrides or [])
-    if config is not None and "=" in str(config) and not config.exists():
-        config, overrides = None, [str(config), *overrides]
-    cfg = load_config(config, overrides)
+    cfg = _config_from_args(config, overrides)
     suggestion, path = lr_find(cfg, out, min_lr=min_lr, max_lr=max_lr, steps=steps)
     text = f"{suggestion:.2e}" if suggestion else "none (no clear descent)"
     console.print(f"suggested learning rate: {text}; plot in {path}")
