@@ -244,3 +244,13 @@ def test_hierarchy_aware_training_two_stages(tmp_path: Path):
     ]
     same = [torch.equal(s1_model.state_dict()[k], model.state_dict()[k]) for k in frozen]
     assert same and all(same)  # freeze=head: stage 2 trained the classifier only
+
+
+def test_multiclass_policy_is_refused_clearly(workdir: Path):
+    from cxrkit.errors import CxrkitError
+
+    cfg = config(
+        workdir, "train.name=mc", f"data.policy={{findings: '{FINDINGS}', uncertain: multiclass}}"
+    )
+    with pytest.raises(CxrkitError, match="multiclass"):
+        train(cfg)

@@ -330,6 +330,13 @@ def _train_one(cfg: Config, *, resume: bool = False) -> Path:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     dm = make_datamodule(cfg)
     train_ds = dm.datasets[dm.cfg.train_part]
+    if dm.targets is not None and dm.targets.multiclass.any() or cfg.loss.name == "multiclass":
+        # The 3-way loss exists (cxrkit.losses.MulticlassUncertaintyLoss); the 3-outputs-per-finding
+        # model, its validation AUC and its artifact are not wired into training yet.
+        raise CxrkitError(
+            "training with the 'multiclass' uncertainty policy is not supported yet: use "
+            "uncertain: ones, zeros, ignore or a smoothed policy."
+        )
     if len(dm.datasets[dm.cfg.val_part]) == 0:
         raise CxrkitError(
             "the validation part is empty: make splits with a val fraction (cxrkit split)."
