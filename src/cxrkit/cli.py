@@ -53,7 +53,19 @@ def _main(
         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
         force=True,
     )
-    if not verbose:  # Lightning's start-up chatter (device summary, tips) only with --verbose
+    global _VERBOSE
+    _VERBOSE = verbose
+
+
+_VERBOSE = False
+
+
+def _quiet_lightning() -> None:
+    """Lightning's start-up chatter (device summary, tips) only with --verbose. Lightning sets its
+    loggers' level when it is imported, so this runs after the training code is imported."""
+    import lightning  # noqa: F401
+
+    if not _VERBOSE:
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -586,6 +598,7 @@ def train_cmd(
     """Train a model (Lightning): checkpoints, logs and the model artifact in runs/<name>/."""
     from cxrkit.train import train
 
+    _quiet_lightning()
     cfg = _config_from_args(config, overrides)
     folder = train(cfg, resume=resume)
     console.print(f"[green]trained[/green] {folder}: model artifact in {folder / 'model'}")
@@ -600,6 +613,8 @@ def experiment_cmd(
 ) -> None:
     """Train a grid of runs in sequence (a failed run does not stop it) and compare them."""
     from cxrkit.experiment import run_grid
+
+    _quiet_lightning()
 
     table = run_grid(grid, list(overrides or []))
     t = Table(title="comparison (test part)", title_justify="left")
@@ -631,6 +646,7 @@ def lr_find_cmd(
     """Learning-rate range test: loss against an exponentially growing LR, with a suggestion."""
     from cxrkit.train import lr_find
 
+    _quiet_lightning()
     cfg = _config_from_args(config, overrides)
     suggestion, path = lr_find(cfg, out, min_lr=min_lr, max_lr=max_lr, steps=steps)
     text = f"{suggestion:.2e}" if suggestion else "none (no clear descent)"
@@ -728,6 +744,8 @@ def _demo_train_and_score(
     from cxrkit.config import load_config
     from cxrkit.models import load_artifact
     from cxrkit.train import make_datamodule, masked_auroc, predict_part, train
+
+    _quiet_lightning()
 
     console.rule(
         f"6. train {arch} from scratch on CPU ({epochs} epochs, frontal, 5 competition findings)"
