@@ -137,7 +137,7 @@ def test_ddp_two_cpu_processes(workdir: Path):
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "cxrkit", "train", *args],
+        [sys.executable, "-m", "cxrkit", "--verbose", "train", *args],
         capture_output=True,
         text=True,
         timeout=600,
