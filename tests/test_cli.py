@@ -67,33 +67,24 @@ def test_index_then_labels_with_json_and_policy_file(tmp_path: Path, run_cli):
     assert_one_line_error(code, err, "FINDING=POLICY")
 
 
+def index_csv(run_cli, csv: Path, out: Path):
+    """Index a generic CSV (patients in column pid) without an image check."""
+    return run_cli(
+        "index", "generic", csv, "--patient-col", "pid", "--no-check-images", "--out", out
+    )
+
+
 def test_outputs_never_overwrite_inputs_or_folders(tmp_path: Path, run_cli):
     csv = tmp_path / "l.csv"
     csv.write_text("path,pid,Edema\na.png,1,1\nb.png,2,0\n")
-    code, _, err = run_cli(
-        "index", "generic", csv, "--patient-col", "pid", "--no-check-images", "--out", csv
-    )
+    code, _, err = index_csv(run_cli, csv, csv)
     assert_one_line_error(code, err, "is an input of this command")
     assert csv.read_text().startswith("path,pid")
     (tmp_path / "adir").mkdir()
-    code, _, err = run_cli(
-        "index",
-        "generic",
-        csv,
-        "--patient-col",
-        "pid",
-        "--no-check-images",
-        "--out",
-        tmp_path / "adir",
-    )
+    code, _, err = index_csv(run_cli, csv, tmp_path / "adir")
     assert_one_line_error(code, err, "is a folder")
     ix = tmp_path / "i.parquet"
-    assert (
-        run_cli("index", "generic", csv, "--patient-col", "pid", "--no-check-images", "--out", ix)[
-            0
-        ]
-        == 0
-    )
+    assert index_csv(run_cli, csv, ix)[0] == 0
     before = ix.read_bytes()
     for args in (
         ("split", ix, "--fractions", "0.5,0.5", "--out", ix),
@@ -111,16 +102,7 @@ def test_written_files_follow_the_umask(tmp_path: Path, run_cli):
 
     csv = tmp_path / "l.csv"
     csv.write_text("path,pid,Edema\na.png,1,1\n")
-    run_cli(
-        "index",
-        "generic",
-        csv,
-        "--patient-col",
-        "pid",
-        "--no-check-images",
-        "--out",
-        tmp_path / "i.parquet",
-    )
+    index_csv(run_cli, csv, tmp_path / "i.parquet")
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "i.parquet").stat().st_mode & 0o777 == 0o666 & ~mask
@@ -130,7 +112,7 @@ def test_labels_json_is_strict_json_with_unlabelled_findings(tmp_path: Path, run
     csv = tmp_path / "l.csv"
     csv.write_text("path,pid,Edema\na.png,1,0\nb.png,2,0\n")
     ix = tmp_path / "i.parquet"
-    run_cli("index", "generic", csv, "--patient-col", "pid", "--no-check-images", "--out", ix)
+    index_csv(run_cli, csv, ix)
     code, out, _ = run_cli(
         "labels", ix, "--findings", "Edema,Hernia", "--json", tmp_path / "t.json"
     )

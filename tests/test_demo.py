@@ -14,43 +14,29 @@ def mean_auc(out: str) -> float:
     return float(m.group(1))
 
 
+SMALL = (
+    "--n",
+    "150",
+    "--size",
+    "48",
+    "--train-size",
+    "32",
+    "--arch",
+    "test_resnet",
+    "--epochs",
+    "1",
+)
+
+
 def test_demo_small(tmp_path: Path, run_cli):
-    code, out, err = run_cli(
-        "demo",
-        "--out",
-        tmp_path / "demo",
-        "--n",
-        "150",
-        "--size",
-        "48",
-        "--train-size",
-        "32",
-        "--arch",
-        "test_resnet",
-        "--epochs",
-        "1",
-    )
+    code, out, err = run_cli("demo", "--out", tmp_path / "demo", *SMALL)
     assert code == 0, err[-2000:]
     assert (tmp_path / "demo" / "index.parquet").is_file()
     assert "neg:pos" in out and "max dev (pp)" in out
     assert "against the planted truth" in out
     assert 0.0 <= mean_auc(out) <= 1.0
     assert list((tmp_path / "demo" / "runs").glob("*/model/model.json"))
-    code, out2, _ = run_cli(
-        "demo",
-        "--out",
-        tmp_path / "demo",
-        "--n",
-        "150",
-        "--size",
-        "48",
-        "--train-size",
-        "32",
-        "--arch",
-        "test_resnet",
-        "--epochs",
-        "1",
-    )
+    code, out2, _ = run_cli("demo", "--out", tmp_path / "demo", *SMALL)
     assert code == 0 and "reusing the trained run" in out2 and "(reused)" in out2
 
 
