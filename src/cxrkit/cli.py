@@ -807,6 +807,15 @@ def _demo_train_and_score(
     console.print(t)
 
 
+def _register_model_commands() -> None:
+    from cxrkit.cli_use import register
+
+    register(app)
+
+
+_register_model_commands()
+
+
 def main() -> None:
     """Console-script entry point: user mistakes become one line and exit code 1."""
     try:

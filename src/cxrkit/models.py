@@ -42,6 +42,9 @@ RECOMMENDED_ARCHS = ("densenet121", "efficientnet_b4", "resnet50", "convnext_tin
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
+#: What the network's outputs mean: ``sigmoid`` = one logit per finding; ``multiclass`` = three
+#: logits per finding (negative, positive, uncertain; finding-major), the ``multiclass`` policy's head.
+OUTPUTS = ("sigmoid", "multiclass")
 _REQUIRED_META = (
     "format_version",
     "cxrkit_version",
@@ -281,6 +284,9 @@ class ArtifactMeta:
         input_mode: ``gray1``/``gray3``/``enhanced``. image_size: (H, W) network input.
         mean, std: per-channel normalisation. thresholds: finding → operating point or None.
         config_hash: hash of the training config, or None. extra: free-form JSON data.
+        output: ``sigmoid`` (L logits) or ``multiclass`` (3 logits per finding); see
+            :func:`probabilities`. fit: how images were brought to the square size (``pad``,
+            ``crop``, ``stretch``). clip_limit: CLAHE clip limit of the ``enhanced`` mode.
     """
 
     architecture: str
@@ -291,11 +297,19 @@ class ArtifactMeta:
     std: tuple[float, ...]
     thresholds: dict[str, float | None]
     config_hash: str | None = None
+    output: str = "sigmoid"
+    fit: str = "pad"
+    clip_limit: float = 2.0
     cxrkit_version: str = __version__
     format_version: int = FORMAT_VERSION
     weights_sha256: str = ""
     timm_version: str = timm.__version__
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def outputs_per_label(self) -> int:
+        """Network outputs per finding: 1 (sigmoid) or 3 (multiclass)."""
+        return outputs_per_label(self.output)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples as lists)."""
@@ -303,6 +317,27 @@ class ArtifactMeta:
         for k in ("labels", "image_size", "mean", "std"):
             d[k] = list(d[k])
         return d
+
+
+def outputs_per_label(output: str) -> int:
+    """1 for a ``sigmoid`` head, 3 for a ``multiclass`` one; any other name is an error."""
+    if output not in OUTPUTS:
+        raise CxrkitError(f"model output must be one of {', '.join(OUTPUTS)}. Got '{output}' instead.")
+    return 3 if output == "multiclass" else 1
+
+
+def probabilities(logits: torch.Tensor, output: str = "sigmoid") -> torch.Tensor:
+    """(B, L·k) logits → (B, L) probabilities that each finding is present.
+
+    ``sigmoid``: the sigmoid of each logit. ``multiclass``: the softmax over the negative and
+    positive logits with the uncertain class left out, as Irvin et al. (2019) score U-MultiClass
+    models: p = sigmoid(l_pos − l_neg).
+    """
+    logits = logits.float()
+    if outputs_per_label(output) == 3:
+        z = logits.reshape(logits.shape[0], -1, 3)
+        return torch.sigmoid(z[..., 1] - z[..., 0])
+    return torch.sigmoid(logits)
 
 
 def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -325,6 +360,9 @@ def save_artifact(
     thresholds: Mapping[str, float | None] | None = None,
     config_hash: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    output: str = "sigmoid",
+    fit: str = "pad",
+    clip_limit: float = 2.0,
 ) -> Path:
     """Write the model artifact: ``folder/model.safetensors`` then ``folder/model.json``.
 
@@ -341,17 +379,20 @@ def save_artifact(
         thresholds: finding → operating point; findings left out are stored as null.
         config_hash: hash of the training config.
         extra: further JSON-serialisable facts (epochs, metrics, ...).
+        output: ``sigmoid`` or ``multiclass`` (3 outputs per finding).
+        fit, clip_limit: the cache's fit and the ``enhanced`` mode's CLAHE clip limit.
 
     Returns:
         The folder.
     """
     findings = tuple(findings)
     input_channels(input_mode)
+    k = outputs_per_label(output)
     n_out = getattr(model, "num_classes", None)
-    if n_out is not None and n_out != len(findings):
+    if n_out is not None and n_out != k * len(findings):
         raise CxrkitError(
-            f"the model has {n_out} outputs but {len(findings)} findings were given: "
-            "pass the findings in the model's output order."
+            f"the model has {n_out} outputs but {len(findings)} findings × {k} output(s) "
+            f"({output}) were given: pass the findings in the model's output order."
         )
     thresholds = dict(thresholds or {})
     unknown = [k for k in thresholds if k not in findings]
@@ -381,6 +422,9 @@ def save_artifact(
             f: (None if thresholds.get(f) is None else float(thresholds[f])) for f in findings
         },
         config_hash=config_hash,
+        output=output,
+        fit=fit,
+        clip_limit=float(clip_limit),
         weights_sha256=sha256_file(folder / WEIGHTS_FILE),
         extra=dict(extra or {}),
     )
@@ -425,7 +469,7 @@ def read_artifact_meta(folder: str | Path) -> ArtifactMeta:
         )
     known = {f for f in ArtifactMeta.__dataclass_fields__}
     try:
-        return ArtifactMeta(
+        meta = ArtifactMeta(
             **{k: v for k, v in raw.items() if k in known}
             | {
                 "labels": tuple(raw["labels"]),
@@ -438,6 +482,12 @@ def read_artifact_meta(folder: str | Path) -> ArtifactMeta:
         raise CxrkitError(
             f"artifact '{folder}': {META_FILE} has a malformed field ({e})."
         ) from None
+    if meta.output not in OUTPUTS:
+        raise CxrkitError(
+            f"artifact '{folder}': {META_FILE} has output '{meta.output}'; expected one of "
+            f"{', '.join(OUTPUTS)}. Save the artifact again."
+        )
+    return meta
 
 
 def load_artifact(folder: str | Path) -> tuple[torch.nn.Module, ArtifactMeta]:
@@ -447,7 +497,9 @@ def load_artifact(folder: str | Path) -> tuple[torch.nn.Module, ArtifactMeta]:
     builds the network with ``create_model(pretrained=False)`` (no download) and loads the weights.
 
     Returns:
-        (model in eval mode, (B, C, H, W) → (B, L) logits, L = ``len(meta.labels)``; its metadata).
+        (model in eval mode, (B, C, H, W) → (B, L·k) logits, L = ``len(meta.labels)``, k =
+        ``meta.outputs_per_label``; turn them into probabilities with :func:`probabilities`; its
+        metadata).
     """
     folder = Path(folder)
     meta = read_artifact_meta(folder)
@@ -460,7 +512,7 @@ def load_artifact(folder: str | Path) -> tuple[torch.nn.Module, ArtifactMeta]:
     model = create_model(
         meta.architecture,
         pretrained=False,
-        num_classes=len(meta.labels),
+        num_classes=len(meta.labels) * meta.outputs_per_label,
         input_mode=meta.input_mode,
     )
     try:
