@@ -246,11 +246,77 @@ def test_hierarchy_aware_training_two_stages(tmp_path: Path):
     assert same and all(same)  # freeze=head: stage 2 trained the classifier only
 
 
-def test_multiclass_policy_is_refused_clearly(workdir: Path):
+def test_multiclass_policy_needs_the_multiclass_loss(workdir: Path):
     from cxrkit.errors import CxrkitError
 
     cfg = config(
         workdir, "train.name=mc", f"data.policy={{findings: '{FINDINGS}', uncertain: multiclass}}"
     )
-    with pytest.raises(CxrkitError, match="multiclass"):
+    with pytest.raises(CxrkitError, match="loss.name=multiclass"):
         train(cfg)
+    cfg = config(workdir, "train.name=mc2", "loss.name=multiclass")
+    with pytest.raises(CxrkitError, match="uncertain=multiclass"):
+        train(cfg)
+
+
+def test_multiclass_training_writes_a_three_way_head(tmp_path: Path):
+    """U-MultiClass (Irvin et al. 2019) end to end: CheXpert layout with uncertain labels, three
+    logits per finding, validation AUC on the certain labels, an artifact that says so."""
+    from cxrkit.experiment import evaluate_run
+    from cxrkit.models import probabilities, read_artifact_meta
+
+    folder = generate("chexpert", tmp_path / "data", n=120, size=48, seed=3, workers=1)
+    index = build_index("chexpert", folder)
+    write_index(index, tmp_path / "index.parquet")
+    findings = "Cardiomegaly,Pleural Effusion,Edema"
+    policy = LabelPolicy(findings=findings, uncertain="multiclass", views="frontal")
+    targets = policy.apply(index.frame)
+    assert (targets.y == 2).any()  # the generator plants uncertain labels: the third class is used
+    write_splits(make_splits(index.frame, targets, seed=0), tmp_path / "splits.parquet")
+    build_cache(index, tmp_path / "cache", size=48, workers=1)
+    cfg = load_config(
+        None,
+        [
+            f"data.index={tmp_path / 'index.parquet'}",
+            f"data.splits={tmp_path / 'splits.parquet'}",
+            f"data.cache={tmp_path / 'cache'}",
+            f"data.policy={{findings: '{findings}', uncertain: multiclass, views: frontal}}",
+            "data.batch_size=16",
+            "data.input_mode=gray1",
+            "model.arch=test_resnet",
+            "loss.name=multiclass",
+            "train.max_epochs=2",
+            "train.accelerator=cpu",
+            "train.devices=1",
+            f"train.out={tmp_path / 'runs'}",
+            "train.name=mc",
+        ],
+    )
+    run = train(cfg)
+    meta = read_artifact_meta(run / "model")
+    assert meta.output == "multiclass" and meta.outputs_per_label == 3
+    model, _ = load_artifact(run / "model")
+    with torch.no_grad():
+        logits = model(torch.randn(4, 1, 48, 48))
+    assert logits.shape == (4, 9)
+    probs = probabilities(logits, meta.output)
+    assert probs.shape == (4, 3) and bool(((probs >= 0) & (probs <= 1)).all())
+    metrics = pd.read_csv(run / "logs" / "metrics.csv")
+    assert metrics["val/mean_auc"].notna().any()
+    ev = evaluate_run(run, cfg)
+    assert ev["findings"] == ["Cardiomegaly", "Pleural Effusion", "Edema"]
+    assert 0.0 <= ev["accuracy"] <= 1.0
+
+
+def test_multiclass_probability_leaves_the_uncertain_class_out():
+    from cxrkit.models import probabilities
+    from cxrkit.train import scoring_mask
+
+    logits = torch.tensor([[0.0, 2.0, 50.0, 1.0, -1.0, 0.0]])  # two findings × (neg, pos, unc)
+    p = probabilities(logits, "multiclass")
+    expected = torch.sigmoid(torch.tensor([[2.0 - 0.0, -1.0 - 1.0]]))
+    assert torch.allclose(p, expected)  # a huge uncertain logit does not move P(positive)
+    y = torch.tensor([[2.0, 1.0], [0.0, 2.0]])
+    m = torch.ones_like(y, dtype=torch.bool)
+    assert scoring_mask(y, m, "multiclass").tolist() == [[False, True], [True, False]]
+    assert scoring_mask(y, m, "sigmoid").all()

@@ -785,7 +785,7 @@ def _demo_train_and_score(
     console.rule("7. held-out evaluation (test part, patient-disjoint)")
     model, meta = load_artifact(run / "model")
     dm = make_datamodule(cfg)
-    probs, rows = predict_part(model, dm, "test")
+    probs, rows = predict_part(model, dm, "test", meta.output)
     ds = dm.datasets["test"]
     y, mask, source = ds.y.numpy(), ds.mask.numpy(), "the test part's labels"
     truth_file = folder / "synthetic_truth.csv"

@@ -171,6 +171,7 @@ class CXRDataModule(L.LightningDataModule):
         splits = read_splits(cfg.splits, index.frame)
         cache = open_cache(cfg.cache, index)
         self.images = cache.images
+        self.cache_fit = cache.fit  # recorded in the model artifact: new images are resized alike
         part_of_row = splits.frame["part"].to_numpy()
         cache_pos = np.full(len(index.frame), -1, np.int64)
         ok = cache.rows["ok"].to_numpy(bool)

@@ -65,13 +65,13 @@ def evaluate_run(folder: Path, cfg: Config, part: str = "test") -> dict[str, Any
     import torch
 
     from cxrkit.models import load_artifact
-    from cxrkit.train import make_datamodule, masked_auroc, predict_part
+    from cxrkit.train import make_datamodule, masked_auroc, predict_part, scoring_mask
 
     model, meta = load_artifact(folder / "model")
     dm = make_datamodule(cfg)
-    probs, rows = predict_part(model, dm, part)
+    probs, rows = predict_part(model, dm, part, meta.output)
     ds = dm.datasets[part]
-    y, mask = ds.y.numpy(), ds.mask.numpy()
+    y, mask = ds.y.numpy(), scoring_mask(ds.y, ds.mask, meta.output).numpy()
     aucs = masked_auroc(torch.from_numpy(probs), torch.from_numpy(y), torch.from_numpy(mask))
     correct = ((probs >= 0.5) == (y >= 0.5)) & mask
     valid = [a for a in aucs if a == a]

@@ -29,10 +29,18 @@ from cxrkit.data import CXRDataModule, DataConfig
 from cxrkit.errors import CxrkitError
 from cxrkit.inputs import AugmentConfig
 from cxrkit.losses import build_loss
-from cxrkit.models import create_model, save_artifact
+from cxrkit.models import create_model, outputs_per_label, probabilities, save_artifact
 from cxrkit.schedules import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
+
+
+def scoring_mask(y: torch.Tensor, mask: torch.Tensor, output: str = "sigmoid") -> torch.Tensor:
+    """The entries AUROC is computed on: labelled ones, and for a ``multiclass`` head not the
+    uncertain class (its probability is P(positive | positive or negative))."""
+    if output == "multiclass":
+        return mask & (y < 1.5)
+    return mask
 
 
 def masked_auroc(probs: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> list[float]:
@@ -72,10 +80,12 @@ class CXRModule(L.LightningModule):
         self.save_hyperparameters(ignore=["y_train", "mask_train"])
         self.cfg, self.findings, self.steps_per_epoch = cfg, list(findings), max(1, steps_per_epoch)
         m, d = cfg["model"], cfg["data"]
+        # the multiclass loss needs three logits per finding (negative, positive, uncertain)
+        self.output = "multiclass" if cfg["loss"]["name"] == "multiclass" else "sigmoid"
         self.model = create_model(
             m["arch"],
             pretrained=m["pretrained"],
-            num_classes=len(findings),
+            num_classes=len(findings) * outputs_per_label(self.output),
             input_mode=d["input_mode"],
             weights=m["weights"],
             drop_rate=m["drop_rate"],
@@ -99,8 +109,13 @@ class CXRModule(L.LightningModule):
         self._t0: float | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) → (B, L) logits."""
+        """(B, C, H, W) → (B, L) logits, or (B, 3L) for a multiclass head."""
         return self.model(x)
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.output == "multiclass":
+            logits = logits.reshape(logits.shape[0], -1, 3)  # (B, L, 3)
+        return self.loss_fn(logits, y, mask)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """With ``train.freeze=head`` the frozen backbone's batch-norm statistics stay fixed too
@@ -134,7 +149,7 @@ class CXRModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(self._input(batch))
-        loss = self.loss_fn(logits, batch["y"], batch["mask"])
+        loss = self._loss(logits, batch["y"], batch["mask"])
         now = time.perf_counter()
         if self._t0 is not None:
             self.log(
@@ -164,9 +179,10 @@ class CXRModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(self._input(batch))
-        loss = self.loss_fn(logits, batch["y"], batch["mask"])
+        loss = self._loss(logits, batch["y"], batch["mask"])
         self.log("val/loss", loss, on_epoch=True, batch_size=batch["y"].shape[0], sync_dist=True)
-        self._val.append((torch.sigmoid(logits.float()).detach(), batch["y"], batch["mask"]))
+        probs = probabilities(logits.detach(), self.output)
+        self._val.append((probs, batch["y"], scoring_mask(batch["y"], batch["mask"], self.output)))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val:
@@ -330,12 +346,16 @@ def _train_one(cfg: Config, *, resume: bool = False) -> Path:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     dm = make_datamodule(cfg)
     train_ds = dm.datasets[dm.cfg.train_part]
-    if dm.targets is not None and dm.targets.multiclass.any() or cfg.loss.name == "multiclass":
-        # The 3-way loss exists (cxrkit.losses.MulticlassUncertaintyLoss); the 3-outputs-per-finding
-        # model, its validation AUC and its artifact are not wired into training yet.
+    multiclass_targets = dm.targets is not None and bool(dm.targets.multiclass.any())
+    if multiclass_targets and cfg.loss.name != "multiclass":
         raise CxrkitError(
-            "training with the 'multiclass' uncertainty policy is not supported yet: use "
-            "uncertain: ones, zeros, ignore or a smoothed policy."
+            "the label policy keeps uncertain labels as a third class ('multiclass'), which needs "
+            f"loss.name=multiclass; got loss.name={cfg.loss.name}."
+        )
+    if cfg.loss.name == "multiclass" and not multiclass_targets:
+        raise CxrkitError(
+            "loss.name=multiclass needs the 'multiclass' uncertainty policy (uncertain labels as a "
+            "third class): set data.policy.uncertain=multiclass or use the 'u-multiclass' preset."
         )
     if len(dm.datasets[dm.cfg.val_part]) == 0:
         raise CxrkitError(
@@ -403,6 +423,9 @@ def _train_one(cfg: Config, *, resume: bool = False) -> Path:
             mean=pipe.mean.view(-1).tolist(),
             std=pipe.std.view(-1).tolist(),
             config_hash=cfg.hash(),
+            output=module.output,
+            fit=dm.cache_fit,
+            clip_limit=float(pipe.clip_limit),
             extra={
                 "best_checkpoint": Path(best).name,
                 "best_val_mean_auc": float(callbacks[0].best_model_score or float("nan")),
@@ -413,14 +436,18 @@ def _train_one(cfg: Config, *, resume: bool = False) -> Path:
 
 @torch.no_grad()
 def predict_part(
-    model: torch.nn.Module, dm: CXRDataModule, part: str
+    model: torch.nn.Module, dm: CXRDataModule, part: str, output: str = "sigmoid"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities (n, L) and index rows (n,) of one part of a data module, in evaluation mode."""
+    """Probabilities (n, L) and index rows (n,) of one part of a data module, in evaluation mode.
+
+    ``output`` is the artifact's head (``sigmoid`` or ``multiclass``, see
+    :func:`cxrkit.models.probabilities`).
+    """
     model.eval()
     probs, rows = [], []
     for batch in dm._loader(part, shuffle=False):
         x = dm.eval_pipe(batch["image"])
-        probs.append(torch.sigmoid(model(x)).numpy())
+        probs.append(probabilities(model(x), output).numpy())
         rows.append(batch["row"].numpy())
     return np.concatenate(probs), np.concatenate(rows)
 
