@@ -287,6 +287,8 @@ class ArtifactMeta:
         output: ``sigmoid`` (L logits) or ``multiclass`` (3 logits per finding); see
             :func:`probabilities`. fit: how images were brought to the square size (``pad``,
             ``crop``, ``stretch``). clip_limit: CLAHE clip limit of the ``enhanced`` mode.
+        temperature: logits are divided by it before the sigmoid (temperature scaling fitted on
+            validation data by ``cxrkit evaluate --calibrate``; 1 = none).
     """
 
     architecture: str
@@ -300,6 +302,7 @@ class ArtifactMeta:
     output: str = "sigmoid"
     fit: str = "pad"
     clip_limit: float = 2.0
+    temperature: float = 1.0
     cxrkit_version: str = __version__
     format_version: int = FORMAT_VERSION
     weights_sha256: str = ""
@@ -322,22 +325,27 @@ class ArtifactMeta:
 def outputs_per_label(output: str) -> int:
     """1 for a ``sigmoid`` head, 3 for a ``multiclass`` one; any other name is an error."""
     if output not in OUTPUTS:
-        raise CxrkitError(f"model output must be one of {', '.join(OUTPUTS)}. Got '{output}' instead.")
+        raise CxrkitError(
+            f"model output must be one of {', '.join(OUTPUTS)}. Got '{output}' instead."
+        )
     return 3 if output == "multiclass" else 1
 
 
-def probabilities(logits: torch.Tensor, output: str = "sigmoid") -> torch.Tensor:
+def probabilities(
+    logits: torch.Tensor, output: str = "sigmoid", temperature: float = 1.0
+) -> torch.Tensor:
     """(B, L·k) logits → (B, L) probabilities that each finding is present.
 
     ``sigmoid``: the sigmoid of each logit. ``multiclass``: the softmax over the negative and
     positive logits with the uncertain class left out, as Irvin et al. (2019) score U-MultiClass
-    models: p = sigmoid(l_pos − l_neg).
+    models: p = sigmoid(l_pos − l_neg). The score is divided by ``temperature`` first (an
+    artifact's ``meta.temperature``; pass it wherever an artifact's model is run).
     """
     logits = logits.float()
     if outputs_per_label(output) == 3:
         z = logits.reshape(logits.shape[0], -1, 3)
-        return torch.sigmoid(z[..., 1] - z[..., 0])
-    return torch.sigmoid(logits)
+        return torch.sigmoid((z[..., 1] - z[..., 0]) / temperature)
+    return torch.sigmoid(logits / temperature)
 
 
 def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -430,6 +438,50 @@ def save_artifact(
     )
     write_text_atomic(folder / META_FILE, json.dumps(meta.to_dict(), indent=2) + "\n")
     return folder
+
+
+def set_operating_points(
+    folder: str | Path,
+    thresholds: Mapping[str, float | None],
+    *,
+    temperature: float | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> ArtifactMeta:
+    """Store thresholds fitted on validation data (and optionally a temperature) in an artifact.
+
+    Only ``model.json`` is rewritten (atomically); the weights are untouched. ``info`` (method,
+    target, the data they were fitted on) goes to ``extra["operating_point"]``.
+
+    Returns:
+        The updated metadata.
+    """
+    folder = Path(folder)
+    meta = read_artifact_meta(folder)
+    unknown = [k for k in thresholds if k not in meta.labels]
+    if unknown:
+        raise CxrkitError(
+            f"thresholds for findings the model does not have: {preview(unknown)}; its labels are "
+            f"{preview(meta.labels)}."
+        )
+    for k, v in thresholds.items():
+        if v is not None and not (0.0 <= float(v) <= 1.0):
+            raise CxrkitError(f"threshold for '{k}' must lie in [0, 1]; got {v}.")
+    meta.thresholds = {
+        f: (
+            None
+            if thresholds.get(f, meta.thresholds.get(f)) is None
+            else float(thresholds.get(f, meta.thresholds.get(f)))
+        )
+        for f in meta.labels
+    }
+    if temperature is not None:
+        if not temperature > 0:
+            raise CxrkitError(f"temperature must be positive; got {temperature}.")
+        meta.temperature = float(temperature)
+    if info is not None:
+        meta.extra = {**meta.extra, "operating_point": dict(info)}
+    write_text_atomic(folder / META_FILE, json.dumps(meta.to_dict(), indent=2) + "\n")
+    return meta
 
 
 def read_artifact_meta(folder: str | Path) -> ArtifactMeta:
