@@ -46,3 +46,37 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
     assert len(lines) == 1, err
     for fragment in fragments:
         assert fragment.lower() in err.lower(), (fragment, err)
+
+
+CHROMIUM = Path(os.environ.get("CXRKIT_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium driven by Playwright. Skipped where Chromium is absent (a user's
+    laptop) unless CXRKIT_REQUIRE_CHROMIUM is set, as .ci/run does: there it must run."""
+    if not CHROMIUM.is_file():
+        if os.environ.get("CXRKIT_REQUIRE_CHROMIUM"):
+            pytest.fail(f"Chromium not found at {CHROMIUM} but CXRKIT_REQUIRE_CHROMIUM is set")
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+#: Where browser tests keep their screenshots (test artifacts; ignored by git).
+ARTIFACTS = REPO / "tests" / "artifacts"

@@ -653,6 +653,278 @@ def lr_find_cmd(
     console.print(f"suggested learning rate: {text}; plot in {path}")
 
 
+# ---- evaluate / compare / report ------------------------------------------------------------------
+
+
+def _ci_text(value, ci) -> str:
+    if value is None:
+        return "undefined"
+    if not ci or ci[0] is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _num(v, digits: int = 3) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def _print_metrics(metrics: dict, title: str) -> None:
+    lvl = int(round(metrics.get("level", 0.95) * 100))
+    t = Table(title=title, title_justify="left")
+    for col in (
+        "finding",
+        "pos",
+        "neg",
+        f"AUROC [{lvl} % CI]",
+        "AUPRC",
+        "threshold",
+        "sens",
+        "spec",
+        "F1",
+    ):
+        t.add_column(col, justify="left" if col == "finding" else "right", no_wrap=True)
+    for f, m in metrics["findings"].items():
+        if m.get("auroc") is None:
+            t.add_row(
+                f,
+                str(m.get("positives", "")),
+                str(m.get("negatives", "")),
+                f"undefined: {m.get('undefined') or ''}",
+                "",
+                "",
+                "",
+                "",
+                "",
+            )
+            continue
+        t.add_row(
+            f,
+            f"{m['positives']:,}",
+            f"{m['negatives']:,}",
+            _ci_text(m["auroc"], m.get("auroc_ci")),
+            _num(m.get("auprc")),
+            _num(m.get("threshold")),
+            _num(m.get("sensitivity")),
+            _num(m.get("specificity")),
+            _num(m.get("f1")),
+        )
+    avg = metrics["average"]
+    t.add_row(
+        "[bold]macro[/bold]",
+        "",
+        "",
+        f"[bold]{_ci_text(avg.get('macro_auroc'), avg.get('macro_auroc_ci'))}[/bold]",
+        _num(avg.get("macro_auprc")),
+        "",
+        _num(avg.get("macro_sensitivity")),
+        _num(avg.get("macro_specificity")),
+        _num(avg.get("macro_f1")),
+    )
+    if avg.get("micro_auroc") is not None:
+        t.add_row(
+            "micro",
+            "",
+            "",
+            _ci_text(avg["micro_auroc"], avg.get("micro_auroc_ci")),
+            "",
+            "",
+            "",
+            "",
+            "",
+        )
+    if avg.get("competition_auroc") is not None:
+        t.add_row(
+            "competition 5",
+            "",
+            "",
+            _ci_text(avg["competition_auroc"], avg.get("competition_auroc_ci")),
+            "",
+            "",
+            "",
+            "",
+            "",
+        )
+    console.print(t)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: Annotated[
+        Path | None, typer.Argument(help="A run folder (runs/<name>) or a model artifact folder.")
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="The part to score.")] = "test",
+    fit_split: Annotated[
+        str, typer.Option("--fit-split", help="The part operating points are fitted on.")
+    ] = "val",
+    operating_point: Annotated[
+        str,
+        typer.Option(
+            "--operating-point",
+            help="fixed | youden | max_f1 | sensitivity | specificity (fitted on --fit-split).",
+        ),
+    ] = "youden",
+    target: Annotated[
+        float | None,
+        typer.Option(help="Threshold for 'fixed' (0.5), or the sensitivity/specificity to reach."),
+    ] = None,
+    aggregate: Annotated[
+        str, typer.Option(help="Per-study aggregation of views: max | mean | none.")
+    ] = "max",
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples (over patients).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    level: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.95,
+    calibrate: Annotated[
+        bool,
+        typer.Option("--calibrate", help="Fit a temperature on --fit-split and store it."),
+    ] = False,
+    save: Annotated[
+        bool,
+        typer.Option(
+            "--save/--no-save", help="Store the fitted operating points in the model artifact."
+        ),
+    ] = True,
+    config: Annotated[
+        Path | None, typer.Option(help="Training config, for an artifact outside its run folder.")
+    ] = None,
+    predictions: Annotated[
+        Path | None, typer.Option(help="Score this predictions CSV/parquet instead of a run.")
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="Labels CSV for --predictions (CheXpert layout accepted).")
+    ] = None,
+    findings: Annotated[
+        str | None, typer.Option(help="Comma-separated findings to score (with --predictions).")
+    ] = None,
+    localization: Annotated[
+        Path | None,
+        typer.Option(help="Boxes (BBox_List_2017.csv format): score Grad-CAM localisation."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default <run>/eval-<split>).")
+    ] = None,
+) -> None:
+    """Score a model: AUROC with CIs, AUPRC, operating points, confusion matrices, calibration.
+
+    Writes predictions.parquet and metrics.json. With --predictions/--labels it scores any
+    model's outputs the same way.
+    """
+    from cxrkit.evaluation import EvalOptions, evaluate_model, score_files
+
+    if predictions is not None or labels is not None:
+        if predictions is None or labels is None:
+            raise CxrkitError("--predictions and --labels go together: pass both files.")
+        if run is not None:
+            raise CxrkitError("pass either a run/artifact or --predictions/--labels, not both.")
+        _guard_output(out / "metrics.json" if out else None, predictions, labels)
+        result, folder = score_files(
+            predictions,
+            labels,
+            findings=[x.strip() for x in findings.split(",")] if findings else None,
+            aggregate=aggregate if aggregate != "none" else "max",
+            n_boot=bootstrap,
+            seed=seed,
+            level=level,
+            out=out,
+        )
+        _print_metrics(result["image"], f"{result['level']}-level metrics: {predictions}")
+        if folder:
+            console.print(f"metrics in {folder / 'metrics.json'}")
+        return
+    if run is None:
+        raise CxrkitError(
+            "nothing to evaluate: pass a run folder (runs/<name>) or --predictions and --labels."
+        )
+    opts = EvalOptions(
+        part=split,
+        fit_part=fit_split,
+        operating_point=operating_point.lower(),
+        target=target,
+        aggregate=aggregate.lower(),
+        n_boot=bootstrap,
+        seed=seed,
+        level=level,
+        calibrate=calibrate,
+        save=save,
+    )
+    opts.check()
+    _quiet_lightning()
+    result, folder = evaluate_model(
+        run, opts, config=config, out=out, progress=lambda msg: console.print(msg)
+    )
+    primary = result["primary"]
+    _print_metrics(
+        result[primary],
+        f"{primary}-level metrics on '{split}' ({result[primary]['n_images']:,} {primary}s); "
+        f"operating point {operating_point} fitted on '{fit_split}'",
+    )
+    if localization is not None:
+        from cxrkit.explain_eval import evaluate_localization
+
+        loc = evaluate_localization(run, localization, split=split, config=config, out=folder)
+        console.print(
+            f"localisation: pointing-game hit rate {_num(loc['overall'].get('hit_rate'))}, "
+            f"mean IoU {_num(loc['overall'].get('mean_iou'))} over {loc['overall'].get('n', 0)} boxes"
+        )
+    console.print(f"predictions and metrics in {folder}")
+
+
+@app.command("compare")
+def compare_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Evaluated run folders (or eval folders).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("comparison"),
+) -> None:
+    """One table across runs (the thesis's Table 1 and 2) and DeLong tests between them."""
+    from cxrkit.report import compare_runs
+
+    result, folder = compare_runs(list(runs), out)
+    findings = result["findings"]
+    t = Table(title="comparison (test part)", title_justify="left")
+    for col in (
+        "run",
+        "model",
+        "enhancement",
+        "multilabel AUC [CI]",
+        *findings,
+        "accuracy",
+        "train min",
+    ):
+        t.add_column(col, no_wrap=col == "run")
+    for r in result["table"]:
+        t.add_row(
+            r["run"],
+            str(r["model"]),
+            "" if r["enhancement layers"] is None else str(r["enhancement layers"]),
+            _ci_text(r["multilabel AUC"], r["multilabel AUC CI"]),
+            *[_num(r[f"{f} AUC"]) for f in findings],
+            _num(r["accuracy"]),
+            _num(r["train minutes"], 1),
+        )
+    console.print(t)
+    for d in result["delong"]:
+        if not d.get("comparable"):
+            console.print(f"DeLong {d['a']} vs {d['b']}: not comparable ({d['reason']})")
+            continue
+        worst = [f"{f} p={v['p_value']:.3g}" for f, v in d["findings"].items() if "p_value" in v]
+        console.print(f"DeLong {d['a']} vs {d['b']} ({d['cases']:,} cases): " + ", ".join(worst))
+    console.print(f"tables in {folder / 'comparison.md'}")
+
+
+@app.command("report")
+def report_cmd(
+    run: Annotated[Path, typer.Argument(help="An evaluated run folder, or an evaluation folder.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default <run>/report).")
+    ] = None,
+) -> None:
+    """Write a self-contained HTML report (plus Markdown and JSON) of an evaluated run."""
+    from cxrkit.report import build_report
+
+    page, summary = build_report(run, out)
+    console.print(
+        f"report with {len(summary['figures'])} figures: {page} (also report.md, report.json)"
+    )
+
+
 # ---- demo ----------------------------------------------------------------------------------------
 
 
@@ -805,6 +1077,20 @@ def _demo_train_and_score(
     mean = float(np.mean(valid)) if valid else float("nan")
     t.add_row("[bold]mean[/bold]", f"[bold]{mean:.3f}[/bold]")
     console.print(t)
+    console.rule("8. evaluation with confidence intervals, operating points and the report")
+    from cxrkit.evaluation import EvalOptions, evaluate_model
+    from cxrkit.report import build_report
+
+    result, folder = evaluate_model(run, EvalOptions(operating_point="youden"))
+    primary = result["primary"]
+    _print_metrics(
+        result[primary],
+        f"{primary}-level metrics against the test part's labels (uncertain = positive); "
+        "thresholds: Youden's J on the validation part",
+    )
+    page, _ = build_report(run)
+    console.print(f"predictions and metrics in {folder}")
+    console.print(f"[bold]report: {page}[/bold]")
 
 
 def _register_model_commands() -> None:

@@ -466,7 +466,10 @@ def set_operating_points(
     for k, v in thresholds.items():
         if v is not None and not (0.0 <= float(v) <= 1.0):
             raise CxrkitError(f"threshold for '{k}' must lie in [0, 1]; got {v}.")
-    meta.thresholds = {
+    import dataclasses
+
+    changes: dict[str, Any] = {}
+    changes["thresholds"] = {
         f: (
             None
             if thresholds.get(f, meta.thresholds.get(f)) is None
@@ -477,9 +480,10 @@ def set_operating_points(
     if temperature is not None:
         if not temperature > 0:
             raise CxrkitError(f"temperature must be positive; got {temperature}.")
-        meta.temperature = float(temperature)
+        changes["temperature"] = float(temperature)
     if info is not None:
-        meta.extra = {**meta.extra, "operating_point": dict(info)}
+        changes["extra"] = {**meta.extra, "operating_point": dict(info)}
+    meta = dataclasses.replace(meta, **changes)
     write_text_atomic(folder / META_FILE, json.dumps(meta.to_dict(), indent=2) + "\n")
     return meta
 

@@ -407,8 +407,11 @@ def _train_one(cfg: Config, *, resume: bool = False) -> Path:
         ],
         enable_model_summary=False,
     )
+    t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    elapsed = time.perf_counter() - t0
     if trainer.is_global_zero:
+        seconds = _add_train_seconds(folder, elapsed)
         best = callbacks[0].best_model_path or str(last)
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
@@ -429,9 +432,27 @@ def _train_one(cfg: Config, *, resume: bool = False) -> Path:
             extra={
                 "best_checkpoint": Path(best).name,
                 "best_val_mean_auc": float(callbacks[0].best_model_score or float("nan")),
+                "train_seconds": round(seconds, 1),
+                "epochs": int(trainer.current_epoch),
             },
         )
     return folder
+
+
+def _add_train_seconds(folder: Path, seconds: float) -> float:
+    """Training time summed over a run's sessions (a resumed run adds to the killed one's)."""
+    import json
+
+    from cxrkit.fileio import write_text_atomic
+
+    f = folder / "train_time.json"
+    try:
+        before = float(json.loads(f.read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        before = 0.0
+    total = before + seconds
+    write_text_atomic(f, json.dumps({"seconds": round(total, 2)}) + "\n")
+    return total
 
 
 @torch.no_grad()
