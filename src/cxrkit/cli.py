@@ -797,8 +797,18 @@ def evaluate_cmd(
     ] = None,
     localization: Annotated[
         Path | None,
-        typer.Option(help="Boxes (BBox_List_2017.csv format): score Grad-CAM localisation."),
+        typer.Option(
+            help="Score Grad-CAM localisation against these boxes (BBox_List_2017.csv format) "
+            "instead of classification."
+        ),
     ] = None,
+    images_root: Annotated[
+        Path | None,
+        typer.Option(help="Folder the box file's image names are in (default: its folder)."),
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="Heatmap method for --localization: gradcam | gradcam++.")
+    ] = "gradcam",
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output folder (default <run>/eval-<split>).")
     ] = None,
@@ -808,8 +818,38 @@ def evaluate_cmd(
     Writes predictions.parquet and metrics.json. With --predictions/--labels it scores any
     model's outputs the same way.
     """
-    from cxrkit.evaluation import EvalOptions, evaluate_model, score_files
+    from cxrkit.evaluation import EvalOptions, evaluate_model, resolve_run, score_files
 
+    if localization is not None:
+        if run is None:
+            raise CxrkitError("--localization needs the model: pass a run or artifact folder.")
+        from cxrkit.explain import evaluate_localization
+
+        _, artifact = resolve_run(run)
+        _quiet_lightning()
+        with _progress() as bar:
+            task = bar.add_task("localisation", total=None)
+            loc = evaluate_localization(
+                artifact,
+                localization,
+                root=images_root,
+                method=method,
+                out=out or (artifact.parent / "eval-localization"),
+                progress=lambda k: bar.advance(task, k),
+            )
+        t = Table(
+            title=f"Grad-CAM localisation ({method}) on {loc['images']:,} images "
+            f"({loc['missing']:,} not found, {loc['skipped_boxes']:,} boxes of other findings)",
+            title_justify="left",
+        )
+        for col in ("finding", "boxes", "pointing-game hit rate", "mean IoU"):
+            t.add_column(col, justify="left" if col == "finding" else "right")
+        for f, v in loc["findings"].items():
+            t.add_row(f, f"{v['n']:,}", _num(v["hit_rate"]), _num(v["mean_iou"]))
+        o = loc["overall"]
+        t.add_row("[bold]all[/bold]", f"{o['n']:,}", _num(o["hit_rate"]), _num(o["mean_iou"]))
+        console.print(t)
+        return
     if predictions is not None or labels is not None:
         if predictions is None or labels is None:
             raise CxrkitError("--predictions and --labels go together: pass both files.")
@@ -857,14 +897,6 @@ def evaluate_cmd(
         f"{primary}-level metrics on '{split}' ({result[primary]['n_images']:,} {primary}s); "
         f"operating point {operating_point} fitted on '{fit_split}'",
     )
-    if localization is not None:
-        from cxrkit.explain_eval import evaluate_localization
-
-        loc = evaluate_localization(run, localization, split=split, config=config, out=folder)
-        console.print(
-            f"localisation: pointing-game hit rate {_num(loc['overall'].get('hit_rate'))}, "
-            f"mean IoU {_num(loc['overall'].get('mean_iou'))} over {loc['overall'].get('n', 0)} boxes"
-        )
     console.print(f"predictions and metrics in {folder}")
 
 
@@ -923,6 +955,45 @@ def report_cmd(
     console.print(
         f"report with {len(summary['figures'])} figures: {page} (also report.md, report.json)"
     )
+
+
+@app.command("explain")
+def explain_cmd(
+    artifact: Annotated[Path, typer.Argument(help="A model artifact (or run) folder.")],
+    image: Annotated[Path, typer.Argument(help="A PNG, JPEG or DICOM image.")],
+    finding: Annotated[
+        str | None,
+        typer.Option(help="The finding to explain (default: the most probable one)."),
+    ] = None,
+    method: Annotated[str, typer.Option(help="gradcam | gradcam++.")] = "gradcam",
+    layer: Annotated[
+        str | None, typer.Option(help="Dotted layer name (default: the last feature map).")
+    ] = None,
+    alpha: Annotated[float, typer.Option(help="Opacity of the heatmap.")] = 0.4,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Overlay PNG (default <image>.<finding>.png)."),
+    ] = None,
+) -> None:
+    """Grad-CAM heatmap of one finding over the image, written as a PNG overlay."""
+    from cxrkit.evaluation import resolve_run
+    from cxrkit.explain import Explainer, save_overlay
+
+    _, folder = resolve_run(artifact)
+    ex = Explainer(folder, method=method, layer=layer)
+    if finding is not None:
+        ex.finding_index(finding)  # a wrong name fails before the image is read
+    result = ex.explain_file(image, finding)
+    name = result["finding"].replace(" ", "_")
+    out = out or image.with_name(f"{image.stem}.{name}.png")
+    _guard_output(out, image)
+    save_overlay(out, result["gray"], result["heatmap_image"], alpha=alpha)
+    p = float(result["probabilities"][result["index"]])
+    thr = ex.meta.thresholds.get(result["finding"])
+    decision = (
+        "" if thr is None else (" (positive" if p >= thr else " (negative") + f" at {thr:.3f})"
+    )
+    console.print(f"{result['finding']}: p = {p:.3f}{decision}; {method} overlay in {out}")
 
 
 # ---- demo ----------------------------------------------------------------------------------------

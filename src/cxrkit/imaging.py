@@ -83,6 +83,36 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         buf = np.fromfile(path, np.uint8)
     except OSError as e:
         raise ImageReadError(f"cannot read image '{path}': {e.strerror or e}.") from None
+    return decode_image(buf, path)
+
+
+def image_kind(data: bytes | np.ndarray) -> str | None:
+    """``png``, ``jpeg`` or ``dicom`` from the first bytes (magic numbers), else None."""
+    head = bytes(np.asarray(data, np.uint8)[:132]) if isinstance(data, np.ndarray) else data[:132]
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    return None
+
+
+def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
+    """Decode an image held in memory (an upload, say) as :func:`read_image` decodes a file.
+
+    Args:
+        data: the file's bytes.
+        name: what to call it in error messages (a DICOM suffix here also marks DICOM).
+
+    Returns:
+        ``(H, W)`` grayscale array, as :func:`read_image`.
+
+    Raises:
+        ImageReadError: the bytes are empty or cannot be decoded.
+    """
+    path = name
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray)) else data
     if buf.size == 0:
         raise ImageReadError(f"cannot read image '{path}': the file is empty.")
     if _is_dicom(buf, path):

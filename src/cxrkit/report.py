@@ -93,7 +93,9 @@ def table(header: list[str], rows: list[list[Any]], caption: str = "") -> tuple[
     h = ["<table>"]
     if caption:
         h.append(f"<caption>{html.escape(caption)}</caption>")
-    h.append("<thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr></thead>")
+    h.append(
+        "<thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr></thead>"
+    )
     h.append("<tbody>")
     for r in cells:
         h.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
@@ -148,7 +150,9 @@ def _roc_band(
     return grid, np.quantile(c, a, axis=0), np.quantile(c, 1 - a, axis=0)
 
 
-def fig_roc(pred: pd.DataFrame, metrics: dict, findings: list[str], seed: int, level: float) -> bytes:
+def fig_roc(
+    pred: pd.DataFrame, metrics: dict, findings: list[str], seed: int, level: float
+) -> bytes:
     from sklearn.metrics import roc_curve
 
     plt = _plt()
@@ -160,17 +164,31 @@ def fig_roc(pred: pd.DataFrame, metrics: dict, findings: list[str], seed: int, l
         y, s, g = _scored(pred, f)
         ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=0.8)
         if m.get("auroc") is None or len(y) == 0 or y.min() == y.max():
-            ax.text(0.5, 0.5, f"undefined:\n{m.get('undefined') or 'no labels'}", ha="center",
-                    va="center", fontsize=8, wrap=True)
+            ax.text(
+                0.5,
+                0.5,
+                f"undefined:\n{m.get('undefined') or 'no labels'}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                wrap=True,
+            )
         else:
             grid, lo, hi = _roc_band(y, s, g, n_band, seed, level)
-            ax.fill_between(grid, lo, hi, alpha=0.25, color="C0", lw=0,
-                            label=f"{int(level * 100)} % band")
+            ax.fill_between(
+                grid, lo, hi, alpha=0.25, color="C0", lw=0, label=f"{int(level * 100)} % band"
+            )
             fpr, tpr, _ = roc_curve(y, s)
             ax.plot(fpr, tpr, c="C0", lw=1.5, label=f"AUC {_ci(m['auroc'], m.get('auroc_ci'))}")
             if m.get("sensitivity") is not None and m.get("specificity") is not None:
-                ax.plot(1 - m["specificity"], m["sensitivity"], "o", c="C3", ms=6,
-                        label=f"t = {_fmt(m.get('threshold'))}")
+                ax.plot(
+                    1 - m["specificity"],
+                    m["sensitivity"],
+                    "o",
+                    c="C3",
+                    ms=6,
+                    label=f"t = {_fmt(m.get('threshold'))}",
+                )
             ax.legend(loc="lower right", fontsize=7)
         ax.set_title(f, fontsize=9)
         ax.set_xlabel("1 − specificity", fontsize=8)
@@ -178,7 +196,7 @@ def fig_roc(pred: pd.DataFrame, metrics: dict, findings: list[str], seed: int, l
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(findings):]:
+    for ax in list(axes.flat)[len(findings) :]:
         ax.axis("off")
     fig.tight_layout()
     return _png(fig)
@@ -198,19 +216,31 @@ def fig_pr(pred: pd.DataFrame, metrics: dict, findings: list[str]) -> bytes:
             ax.plot(rec, prec, c="C2", lw=1.5, label=f"AP {_ci(m.get('auprc'), m.get('auprc_ci'))}")
             ax.axhline(y.mean(), ls=":", c="grey", lw=0.8, label=f"prevalence {y.mean():.3f}")
             if m.get("sensitivity") is not None and m.get("ppv") is not None:
-                ax.plot(m["sensitivity"], m["ppv"], "o", c="C3", ms=6,
-                        label=f"t = {_fmt(m.get('threshold'))}")
+                ax.plot(
+                    m["sensitivity"],
+                    m["ppv"],
+                    "o",
+                    c="C3",
+                    ms=6,
+                    label=f"t = {_fmt(m.get('threshold'))}",
+                )
             ax.legend(loc="upper right", fontsize=7)
         else:
-            ax.text(0.5, 0.5, f"undefined:\n{m.get('undefined') or 'no labels'}", ha="center",
-                    va="center", fontsize=8)
+            ax.text(
+                0.5,
+                0.5,
+                f"undefined:\n{m.get('undefined') or 'no labels'}",
+                ha="center",
+                va="center",
+                fontsize=8,
+            )
         ax.set_title(f, fontsize=9)
         ax.set_xlabel("recall (sensitivity)", fontsize=8)
         ax.set_ylabel("precision (PPV)", fontsize=8)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(findings):]:
+    for ax in list(axes.flat)[len(findings) :]:
         ax.axis("off")
     fig.tight_layout()
     return _png(fig)
@@ -226,12 +256,19 @@ def fig_confusion(metrics: dict, findings: list[str]) -> bytes:
         cm = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]], float)
         ax.imshow(cm / max(cm.sum(), 1), cmap="Blues", vmin=0, vmax=1)
         for (i, j), v in np.ndenumerate(cm):
-            ax.text(j, i, f"{int(v):,}", ha="center", va="center", fontsize=8,
-                    color="white" if v / max(cm.sum(), 1) > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{int(v):,}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if v / max(cm.sum(), 1) > 0.5 else "black",
+            )
         ax.set_xticks([0, 1], ["pred −", "pred +"], fontsize=7)
         ax.set_yticks([0, 1], ["true −", "true +"], fontsize=7)
         ax.set_title(f, fontsize=8)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
     return _png(fig)
@@ -241,14 +278,21 @@ def fig_calibration(calib: dict) -> bytes:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.2, 4.0))
     ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=0.8, label="perfect")
-    for key, name, color in (("before_temperature", "model", "C0"),
-                             ("after_temperature", "after temperature scaling", "C1")):
+    for key, name, color in (
+        ("before_temperature", "model", "C0"),
+        ("after_temperature", "after temperature scaling", "C1"),
+    ):
         if key not in calib:
             continue
         pooled = calib[key]["pooled"]
         bins = [b for b in pooled["bins"] if b["count"]]
-        ax.plot([b["mean_predicted"] for b in bins], [b["fraction_positive"] for b in bins], "o-",
-                c=color, label=f"{name} (ECE {pooled['ece']:.3f})")
+        ax.plot(
+            [b["mean_predicted"] for b in bins],
+            [b["fraction_positive"] for b in bins],
+            "o-",
+            c=color,
+            label=f"{name} (ECE {pooled['ece']:.3f})",
+        )
     ax.set_xlabel("mean predicted probability")
     ax.set_ylabel("fraction positive")
     ax.set_xlim(0, 1)
@@ -316,9 +360,7 @@ def fig_prevalence(split: dict) -> bytes:
     return _png(fig)
 
 
-def fig_gallery(
-    images: list[tuple[str, np.ndarray, np.ndarray | None]], title: str
-) -> bytes:
+def fig_gallery(images: list[tuple[str, np.ndarray, np.ndarray | None]], title: str) -> bytes:
     """A row of thumbnails with captions; a heatmap overlay where one is given."""
     plt = _plt()
     n = len(images)
@@ -326,8 +368,14 @@ def fig_gallery(
     for ax, (cap, img, heat) in zip(axes.flat, images, strict=True):
         ax.imshow(img, cmap="gray", vmin=0, vmax=255)
         if heat is not None:
-            ax.imshow(heat, cmap="jet", alpha=0.35, vmin=0, vmax=1,
-                      extent=(0, img.shape[1], img.shape[0], 0))
+            ax.imshow(
+                heat,
+                cmap="jet",
+                alpha=0.35,
+                vmin=0,
+                vmax=1,
+                extent=(0, img.shape[1], img.shape[0], 0),
+            )
         ax.set_title(cap, fontsize=7)
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
@@ -343,16 +391,41 @@ def _metrics_section(metrics: dict, level: str, findings: list[str]) -> Section:
     rows = []
     for f in findings:
         m = metrics["findings"][f]
-        rows.append([
-            f, m.get("positives"), m.get("negatives"), _ci(m.get("auroc"), m.get("auroc_ci")),
-            _ci(m.get("auroc"), m.get("auroc_ci_delong")), _ci(m.get("auprc"), m.get("auprc_ci")),
-            m.get("threshold"), m.get("sensitivity"), m.get("specificity"), m.get("ppv"),
-            m.get("npv"), m.get("f1"), m.get("accuracy"), m.get("undefined") or "",
-        ])
+        rows.append(
+            [
+                f,
+                m.get("positives"),
+                m.get("negatives"),
+                _ci(m.get("auroc"), m.get("auroc_ci")),
+                _ci(m.get("auroc"), m.get("auroc_ci_delong")),
+                _ci(m.get("auprc"), m.get("auprc_ci")),
+                m.get("threshold"),
+                m.get("sensitivity"),
+                m.get("specificity"),
+                m.get("ppv"),
+                m.get("npv"),
+                m.get("f1"),
+                m.get("accuracy"),
+                m.get("undefined") or "",
+            ]
+        )
     h, md = table(
-        ["finding", "pos", "neg", f"AUROC [{lvl} % CI, bootstrap]", "AUROC [DeLong CI]",
-         "AUPRC [CI]", "threshold", "sensitivity", "specificity", "PPV", "NPV", "F1",
-         "accuracy", "note"],
+        [
+            "finding",
+            "pos",
+            "neg",
+            f"AUROC [{lvl} % CI, bootstrap]",
+            "AUROC [DeLong CI]",
+            "AUPRC [CI]",
+            "threshold",
+            "sensitivity",
+            "specificity",
+            "PPV",
+            "NPV",
+            "F1",
+            "accuracy",
+            "note",
+        ],
         rows,
         f"Per finding, {metrics.get('n_images', '?')} {'studies' if level == 'study' else 'images'}, "
         f"{metrics.get('n_bootstrap', '?')} bootstrap resamples over "
@@ -365,8 +438,10 @@ def _metrics_section(metrics: dict, level: str, findings: list[str]) -> Section:
         [
             ["multilabel (macro) AUROC", _ci(avg.get("macro_auroc"), avg.get("macro_auroc_ci"))],
             ["micro AUROC", _ci(avg.get("micro_auroc"), avg.get("micro_auroc_ci"))],
-            ["competition-5 mean AUROC",
-             _ci(avg.get("competition_auroc"), avg.get("competition_auroc_ci"))],
+            [
+                "competition-5 mean AUROC",
+                _ci(avg.get("competition_auroc"), avg.get("competition_auroc_ci")),
+            ],
             ["macro AUPRC", avg.get("macro_auprc")],
             ["macro sensitivity", avg.get("macro_sensitivity")],
             ["macro specificity", avg.get("macro_specificity")],
@@ -379,17 +454,35 @@ def _metrics_section(metrics: dict, level: str, findings: list[str]) -> Section:
     tot = metrics["confusion_total"]
     h, md = table(
         ["TP", "FN", "TN", "FP", "sensitivity", "specificity", "F1", "accuracy"],
-        [[tot["tp"], tot["fn"], tot["tn"], tot["fp"], tot.get("sensitivity"),
-          tot.get("specificity"), tot.get("f1"), tot.get("accuracy")]],
+        [
+            [
+                tot["tp"],
+                tot["fn"],
+                tot["tn"],
+                tot["fp"],
+                tot.get("sensitivity"),
+                tot.get("specificity"),
+                tot.get("f1"),
+                tot.get("accuracy"),
+            ]
+        ],
         "Confusion matrix summed over findings (the thesis's Table 2).",
     )
     sec.html.append(h)
     sec.md.append(md)
     head = ["", *findings]
-    rows = [[name, *[metrics["findings"][f].get(key) for f in findings]]
-            for name, key in (("TP", "tp"), ("FP", "fp"), ("FN", "fn"), ("TN", "tn"),
-                              ("true positive rate", "sensitivity"),
-                              ("true negative rate", "specificity"), ("F-score", "f1"))]
+    rows = [
+        [name, *[metrics["findings"][f].get(key) for f in findings]]
+        for name, key in (
+            ("TP", "tp"),
+            ("FP", "fp"),
+            ("FN", "fn"),
+            ("TN", "tn"),
+            ("true positive rate", "sensitivity"),
+            ("true negative rate", "specificity"),
+            ("F-score", "f1"),
+        )
+    ]
     h, md = table(head, rows, "Per finding at the operating point (the thesis's Tables 3–10).")
     sec.html.append(h)
     sec.md.append(md)
@@ -413,26 +506,55 @@ def _data_sections(cfg, run: Path) -> list[Section]:
         f"{len(index.frame):,} images, {index.frame['patient_id'].nunique():,} patients; "
         f"{len(targets.rows):,} kept by the label policy.</p>"
     )
-    rows = [[r["finding"], r["positive"], r["negative"], r["uncertain"], r["blank"], r["masked"],
-             r["neg_pos_ratio"]] for _, r in lt.iterrows()]
-    h, md = table(["finding", "positive", "negative", "uncertain (raw)", "blank (raw)", "masked",
-                   "neg:pos"], rows, "Class frequencies after the label policy (whole set).")
+    rows = [
+        [
+            r["finding"],
+            r["positive"],
+            r["negative"],
+            r["uncertain"],
+            r["blank"],
+            r["masked"],
+            r["neg_pos_ratio"],
+        ]
+        for _, r in lt.iterrows()
+    ]
+    h, md = table(
+        ["finding", "positive", "negative", "uncertain (raw)", "blank (raw)", "masked", "neg:pos"],
+        rows,
+        "Class frequencies after the label policy (whole set).",
+    )
     sec.html.append(h)
     sec.md.append(md)
     splits = read_splits(cfg.data.splits, index.frame)
     rep = split_report(index.frame, targets, splits.frame["part"].to_numpy())
     sp = Section("Split")
     rows = [[p, rep["images"][p], rep["kept_images"][p], rep["patients"][p]] for p in rep["parts"]]
-    h, md = table(["part", "images", "kept by policy", "patients"], rows,
-                  "Patient-grouped parts (no patient in two parts).")
+    h, md = table(
+        ["part", "images", "kept by policy", "patients"],
+        rows,
+        "Patient-grouped parts (no patient in two parts).",
+    )
     sp.html.append(h)
     sp.md.append(md)
-    rows = [[f, *[rep["findings"][f]["positives"][p] for p in rep["parts"]],
-             *[rep["findings"][f]["prevalence"][p] for p in rep["parts"]],
-             rep["findings"][f]["max_dev_pp"]] for f in rep["findings"]]
-    h, md = table(["finding", *[f"pos {p}" for p in rep["parts"]],
-                   *[f"prev {p}" for p in rep["parts"]], "max dev (pp)"], rows,
-                  "Positives and prevalence per part.")
+    rows = [
+        [
+            f,
+            *[rep["findings"][f]["positives"][p] for p in rep["parts"]],
+            *[rep["findings"][f]["prevalence"][p] for p in rep["parts"]],
+            rep["findings"][f]["max_dev_pp"],
+        ]
+        for f in rep["findings"]
+    ]
+    h, md = table(
+        [
+            "finding",
+            *[f"pos {p}" for p in rep["parts"]],
+            *[f"prev {p}" for p in rep["parts"]],
+            "max dev (pp)",
+        ],
+        rows,
+        "Positives and prevalence per part.",
+    )
     sp.html.append(h)
     sp.md.append(md)
     sp.figures.append(Figure("prevalence", "Prevalence per part.", fig_prevalence(rep)))
@@ -459,8 +581,10 @@ def _gallery_section(
     img_rows = pred[pred["level"] == "image"]
     heat = _heatmapper(artifact)
     sec = Section("Gallery")
-    sec.html.append("<p>The highest-scoring true positives and false positives of each finding on "
-                    "the evaluated part" + (", with Grad-CAM heatmaps" if heat else "") + ".</p>")
+    sec.html.append(
+        "<p>The highest-scoring true positives and false positives of each finding on "
+        "the evaluated part" + (", with Grad-CAM heatmaps" if heat else "") + ".</p>"
+    )
     ranked = sorted(findings, key=lambda f: -np.nansum(img_rows[LABEL_PREFIX + f]))[:4]
     for f in ranked:
         lab = img_rows[LABEL_PREFIX + f].to_numpy(float)
@@ -478,33 +602,30 @@ def _gallery_section(
                 img = np.asarray(cache.images[pos_of[path]])
                 items.append((f"p={s[i]:.2f}", img, heat(img, f) if heat else None))
             if items:
-                sec.figures.append(Figure(
-                    f"gallery-{len(sec.figures)}",
-                    f"{f}: {kind}, highest scores at threshold {thr:.3f}.",
-                    fig_gallery(items, f"{f}: {kind}"),
-                ))
+                sec.figures.append(
+                    Figure(
+                        f"gallery-{len(sec.figures)}",
+                        f"{f}: {kind}, highest scores at threshold {thr:.3f}.",
+                        fig_gallery(items, f"{f}: {kind}"),
+                    )
+                )
     return sec if sec.figures else None
 
 
 def _heatmapper(artifact: Path):
-    """A function (uint8 image, finding) → heatmap, or None when explain is unavailable."""
-    try:
-        from cxrkit.explain import heatmap_for_image  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    try:
-        from cxrkit.models import load_artifact
+    """A function (uint8 cached image, finding) → Grad-CAM map, or None without a model."""
+    from cxrkit.explain import Explainer
 
-        model, meta = load_artifact(artifact)
-    except CxrkitError:
+    try:
+        ex = Explainer(artifact)
+    except CxrkitError as e:
+        log.warning("gallery without heatmaps: %s", e)
         return None
 
     def run(img: np.ndarray, finding: str) -> np.ndarray | None:
-        try:
-            return heatmap_for_image(model, meta, img, finding)
-        except Exception as e:  # a heatmap is an extra: the report goes on without it
-            log.debug("no heatmap: %s", e)
+        if img.shape[0] != ex.size:
             return None
+        return ex.heatmap_uint8(img, finding)
 
     return run
 
@@ -523,9 +644,15 @@ padding:.5em 1em;border-radius:4px} .warn{color:#a33} code{background:#f6f6f6;pa
 
 
 def _render(title: str, intro: list[str], sections: list[Section]) -> tuple[str, str]:
-    h = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
-         f"<title>{html.escape(title)}</title>", f"<style>{_CSS}</style></head><body>",
-         f"<h1>{html.escape(title)}</h1>", f"<p class='notice'>{html.escape(NOTICE)}</p>", *intro]
+    h = [
+        "<!DOCTYPE html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p class='notice'>{html.escape(NOTICE)}</p>",
+        *intro,
+    ]
     md = [f"# {title}\n", f"> {NOTICE}\n"]
     for sec in sections:
         sid = sec.title.lower().replace(" ", "-").replace("(", "").replace(")", "")
@@ -535,9 +662,11 @@ def _render(title: str, intro: list[str], sections: list[Section]) -> tuple[str,
         md.extend(sec.md)
         for fig in sec.figures:
             data = base64.b64encode(fig.png).decode()
-            h.append(f"<figure id='fig-{html.escape(fig.id)}'><img alt='{html.escape(fig.caption)}' "
-                     f"src='data:image/png;base64,{data}'><figcaption>{html.escape(fig.caption)}"
-                     "</figcaption></figure>")
+            h.append(
+                f"<figure id='fig-{html.escape(fig.id)}'><img alt='{html.escape(fig.caption)}' "
+                f"src='data:image/png;base64,{data}'><figcaption>{html.escape(fig.caption)}"
+                "</figcaption></figure>"
+            )
             md.append(f"![{fig.caption}](figures/{fig.id}.png)\n")
     h.append(f"<p><small>cxrkit {__version__}</small></p></body></html>")
     return "\n".join(h), "\n".join(md)
@@ -571,9 +700,7 @@ def build_report(path: str | Path, out: str | Path | None = None) -> tuple[Path,
     """
     run, ev = _find_eval(Path(path))
     if not (ev / METRICS_FILE).is_file():
-        raise CxrkitError(
-            f"no evaluation in '{ev}': run `cxrkit evaluate {run or path}` first."
-        )
+        raise CxrkitError(f"no evaluation in '{ev}': run `cxrkit evaluate {run or path}` first.")
     metrics = json.loads((ev / METRICS_FILE).read_text())
     pred = pd.read_parquet(ev / PREDICTIONS_FILE) if (ev / PREDICTIONS_FILE).is_file() else None
     level = metrics.get("primary", "image")
@@ -596,8 +723,9 @@ def build_report(path: str | Path, out: str | Path | None = None) -> tuple[Path,
             png = fig_training(pd.read_csv(logs))
             if png:
                 tr = Section("Training")
-                tr.figures.append(Figure("training", "Loss, validation AUROC and learning rate.",
-                                         png))
+                tr.figures.append(
+                    Figure("training", "Loss, validation AUROC and learning rate.", png)
+                )
                 sections.append(tr)
     sections.append(_metrics_section(main, level, findings))
     if "study" in metrics and level == "study":
@@ -605,14 +733,26 @@ def build_report(path: str | Path, out: str | Path | None = None) -> tuple[Path,
     curves = Section("Curves")
     if pred is not None:
         lv = pred[pred["level"] == level] if "level" in pred else pred
-        curves.figures.append(Figure(
-            "roc", f"ROC per finding with the bootstrap {int(main.get('level', 0.95) * 100)} % "
-            "band and the operating point.", fig_roc(lv, main, findings, seed,
-                                                       float(main.get("level", 0.95)))))
-        curves.figures.append(Figure("pr", "Precision–recall per finding with the operating point.",
-                                     fig_pr(lv, main, findings)))
-    curves.figures.append(Figure("confusion", "Confusion matrices at the operating point.",
-                                 fig_confusion(main, findings)))
+        curves.figures.append(
+            Figure(
+                "roc",
+                f"ROC per finding with the bootstrap {int(main.get('level', 0.95) * 100)} % "
+                "band and the operating point.",
+                fig_roc(lv, main, findings, seed, float(main.get("level", 0.95))),
+            )
+        )
+        curves.figures.append(
+            Figure(
+                "pr",
+                "Precision–recall per finding with the operating point.",
+                fig_pr(lv, main, findings),
+            )
+        )
+    curves.figures.append(
+        Figure(
+            "confusion", "Confusion matrices at the operating point.", fig_confusion(main, findings)
+        )
+    )
     sections.append(curves)
     if "calibration" in metrics:
         cal = Section("Calibration")
@@ -622,13 +762,18 @@ def build_report(path: str | Path, out: str | Path | None = None) -> tuple[Path,
         cal.html.append(h)
         cal.md.append(md)
         if metrics.get("temperature", 1.0) != 1.0:
-            cal.html.append(f"<p>Temperature {metrics['temperature']:.3f} fitted on validation.</p>")
+            cal.html.append(
+                f"<p>Temperature {metrics['temperature']:.3f} fitted on validation.</p>"
+            )
         cal.figures.append(Figure("calibration", "Reliability diagram.", fig_calibration(c)))
         sections.append(cal)
     if cfg is not None and pred is not None and run is not None:
         try:
             g = _gallery_section(
-                cfg, pred, findings, Path(metrics.get("artifact") or run / "model"),
+                cfg,
+                pred,
+                findings,
+                Path(metrics.get("artifact") or run / "model"),
                 metrics.get("operating_point", {}).get("thresholds", {}),
             )
             if g:
@@ -661,9 +806,22 @@ def build_report(path: str | Path, out: str | Path | None = None) -> tuple[Path,
         "figures": [f.id for f in figures],
         "sections": [s.title for s in sections],
         "average": main["average"],
-        "findings": {f: {k: main["findings"][f].get(k) for k in
-                         ("auroc", "auroc_ci", "auprc", "threshold", "sensitivity", "specificity",
-                          "f1", "undefined")} for f in findings},
+        "findings": {
+            f: {
+                k: main["findings"][f].get(k)
+                for k in (
+                    "auroc",
+                    "auroc_ci",
+                    "auprc",
+                    "threshold",
+                    "sensitivity",
+                    "specificity",
+                    "f1",
+                    "undefined",
+                )
+            }
+            for f in findings
+        },
     }
     write_text_atomic(out / "report.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     write_text_atomic(out / "report.html", page)
@@ -731,31 +889,56 @@ def compare_runs(
         main = m[m.get("primary", "image")]
         d = _describe(run, m)
         avg, tot = main["average"], main["confusion_total"]
-        rows.append({
-            "run": name, "model": d["model"], "enhancement layers": d["enhancement"],
-            "level": m.get("primary", "image"),
-            "multilabel AUC": avg.get("macro_auroc"),
-            "multilabel AUC CI": avg.get("macro_auroc_ci"),
-            **{f"{f} AUC": main["findings"].get(f, {}).get("auroc") for f in findings},
-            "accuracy": tot.get("accuracy"), "sensitivity": avg.get("macro_sensitivity"),
-            "specificity": avg.get("macro_specificity"), "train minutes": d["train_minutes"],
-        })
-        totals.append({"run": name, "model": d["model"], "enhancement layers": d["enhancement"],
-                       "TP": tot["tp"], "FN": tot["fn"], "TN": tot["tn"], "FP": tot["fp"]})
+        rows.append(
+            {
+                "run": name,
+                "model": d["model"],
+                "enhancement layers": d["enhancement"],
+                "level": m.get("primary", "image"),
+                "multilabel AUC": avg.get("macro_auroc"),
+                "multilabel AUC CI": avg.get("macro_auroc_ci"),
+                **{f"{f} AUC": main["findings"].get(f, {}).get("auroc") for f in findings},
+                "accuracy": tot.get("accuracy"),
+                "sensitivity": avg.get("macro_sensitivity"),
+                "specificity": avg.get("macro_specificity"),
+                "train minutes": d["train_minutes"],
+            }
+        )
+        totals.append(
+            {
+                "run": name,
+                "model": d["model"],
+                "enhancement layers": d["enhancement"],
+                "TP": tot["tp"],
+                "FN": tot["fn"],
+                "TN": tot["tn"],
+                "FP": tot["fp"],
+            }
+        )
     tests = []
     for i in range(len(loaded)):
         for j in range(i + 1, len(loaded)):
-            tests.append(_delong_pair(names[i], loaded[i], names[j], loaded[j], findings,
-                                      delong_test))
-    result = {"runs": names, "findings": findings, "table": rows, "confusion": totals,
-              "delong": tests}
+            tests.append(
+                _delong_pair(names[i], loaded[i], names[j], loaded[j], findings, delong_test)
+            )
+    result = {
+        "runs": names,
+        "findings": findings,
+        "table": rows,
+        "confusion": totals,
+        "delong": tests,
+    }
     out_dir = Path(out) if out else Path("comparison")
     out_dir.mkdir(parents=True, exist_ok=True)
-    flat = [{k: (f"[{_fmt(v[0])}, {_fmt(v[1])}]" if isinstance(v, list) else v)
-             for k, v in r.items()} for r in rows]
+    flat = [
+        {k: (f"[{_fmt(v[0])}, {_fmt(v[1])}]" if isinstance(v, list) else v) for k, v in r.items()}
+        for r in rows
+    ]
     write_text_atomic(out_dir / "comparison.csv", pd.DataFrame(flat).to_csv(index=False))
-    write_text_atomic(out_dir / "comparison.json",
-                      json.dumps(result, indent=2, allow_nan=False, default=str) + "\n")
+    write_text_atomic(
+        out_dir / "comparison.json",
+        json.dumps(result, indent=2, allow_nan=False, default=str) + "\n",
+    )
     write_text_atomic(out_dir / "comparison.md", comparison_markdown(result))
     return result, out_dir
 
@@ -774,15 +957,19 @@ def _delong_pair(na, a, nb, b, findings, delong_test) -> dict[str, Any]:
     xb = pb[pb["level"] == lb].set_index(key) if "level" in pb else pb.set_index(key)
     common = xa.index.intersection(xb.index)
     if len(common) == 0 or len(common) < 0.99 * max(len(xa), len(xb)):
-        return {**base, "comparable": False,
-                "reason": f"different test cases ({len(xa)} vs {len(xb)}, {len(common)} shared)"}
+        return {
+            **base,
+            "comparable": False,
+            "reason": f"different test cases ({len(xa)} vs {len(xb)}, {len(common)} shared)",
+        }
     out = {}
     for f in findings:
         if f not in xa or f not in xb:
             continue
         ya, yb = xa.loc[common, LABEL_PREFIX + f], xb.loc[common, LABEL_PREFIX + f]
         same = np.array_equal(ya.isna().to_numpy(), yb.isna().to_numpy()) and np.array_equal(
-            ya.dropna().to_numpy(), yb.dropna().to_numpy())
+            ya.dropna().to_numpy(), yb.dropna().to_numpy()
+        )
         if not same:
             out[f] = {"undefined": "the two runs' labels differ"}
             continue
@@ -791,26 +978,61 @@ def _delong_pair(na, a, nb, b, findings, delong_test) -> dict[str, Any]:
         if len(y) == 0 or y.min() == y.max():
             out[f] = {"undefined": "no positive or no negative case"}
             continue
-        out[f] = delong_test(y, xa.loc[common, f].to_numpy(float)[m],
-                             xb.loc[common, f].to_numpy(float)[m])
+        out[f] = delong_test(
+            y, xa.loc[common, f].to_numpy(float)[m], xb.loc[common, f].to_numpy(float)[m]
+        )
     return {**base, "comparable": True, "cases": int(len(common)), "findings": out}
 
 
 def comparison_markdown(result: dict[str, Any]) -> str:
     """The comparison as Markdown: Table 1 layout, Table 2 layout, DeLong tests."""
     findings = result["findings"]
-    t1 = ["Model Name", "Enhancement layers", "Multilabel AUC [95 % CI]",
-          *[f"{f} AUC" for f in findings], "Accuracy", "Train min", "Run"]
-    rows = [[r["model"], _fmt(r["enhancement layers"]),
-             _ci(r["multilabel AUC"], r["multilabel AUC CI"]),
-             *[_fmt(r[f"{f} AUC"]) for f in findings], _fmt(r["accuracy"]),
-             _fmt(r["train minutes"], 1), r["run"]] for r in result["table"]]
+    t1 = [
+        "Model Name",
+        "Enhancement layers",
+        "Multilabel AUC [95 % CI]",
+        *[f"{f} AUC" for f in findings],
+        "Accuracy",
+        "Train min",
+        "Run",
+    ]
+    rows = [
+        [
+            r["model"],
+            _fmt(r["enhancement layers"]),
+            _ci(r["multilabel AUC"], r["multilabel AUC CI"]),
+            *[_fmt(r[f"{f} AUC"]) for f in findings],
+            _fmt(r["accuracy"]),
+            _fmt(r["train minutes"], 1),
+            r["run"],
+        ]
+        for r in result["table"]
+    ]
     _, md1 = table(t1, rows, "Model architectures with their AUC values (the thesis's Table 1).")
-    _, md2 = table(["Model Name", "Enhancement layers", "True Positives", "False Negatives",
-                    "True Negatives", "False Positives", "Run"],
-                   [[c["model"], _fmt(c["enhancement layers"]), c["TP"], c["FN"], c["TN"],
-                     c["FP"], c["run"]] for c in result["confusion"]],
-                   "Summed confusion matrices (the thesis's Table 2).")
+    _, md2 = table(
+        [
+            "Model Name",
+            "Enhancement layers",
+            "True Positives",
+            "False Negatives",
+            "True Negatives",
+            "False Positives",
+            "Run",
+        ],
+        [
+            [
+                c["model"],
+                _fmt(c["enhancement layers"]),
+                c["TP"],
+                c["FN"],
+                c["TN"],
+                c["FP"],
+                c["run"],
+            ]
+            for c in result["confusion"]
+        ],
+        "Summed confusion matrices (the thesis's Table 2).",
+    )
     parts = ["# Comparison\n", md1, md2]
     for t in result["delong"]:
         if not t.get("comparable"):
@@ -822,7 +1044,10 @@ def comparison_markdown(result: dict[str, Any]) -> str:
                 rows.append([f, "—", "—", "—", "—", d["undefined"]])
             else:
                 rows.append([f, d["auc_a"], d["auc_b"], d["diff"], d["p_value"], ""])
-        _, md = table(["finding", f"AUC {t['a']}", f"AUC {t['b']}", "difference", "p (DeLong)",
-                       "note"], rows, f"DeLong test, {t['a']} vs {t['b']}, {t['cases']} cases.")
+        _, md = table(
+            ["finding", f"AUC {t['a']}", f"AUC {t['b']}", "difference", "p (DeLong)", "note"],
+            rows,
+            f"DeLong test, {t['a']} vs {t['b']}, {t['cases']} cases.",
+        )
         parts.append(md)
     return "\n".join(parts)
