@@ -996,6 +996,31 @@ def explain_cmd(
     console.print(f"{result['finding']}: p = {p:.3f}{decision}; {method} overlay in {out}")
 
 
+@app.command("serve")
+def serve_cmd(
+    artifact: Annotated[Path, typer.Argument(help="A model artifact (or run) folder.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, in MiB.")] = 32,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+) -> None:
+    """Serve the model over HTTP (FastAPI): POST /predict, POST /explain, GET /model, a page at /."""
+    import uvicorn
+
+    from cxrkit.serve import create_app
+    from cxrkit.serve.app import NOTICE
+
+    if not 0 < port < 65536:
+        raise CxrkitError(f"--port must be between 1 and 65535; got {port}.")
+    if max_upload_mb <= 0:
+        raise CxrkitError(f"--max-upload-mb must be positive; got {max_upload_mb}.")
+    service = create_app(artifact, max_upload_bytes=int(max_upload_mb * 2**20), device=device)
+    console.print(
+        f"cxrkit serving {artifact} on http://{host}:{port}/ (API docs at /docs). {NOTICE}"
+    )
+    uvicorn.run(service, host=host, port=port, log_level="info" if _VERBOSE else "warning")
+
+
 # ---- demo ----------------------------------------------------------------------------------------
 
 
