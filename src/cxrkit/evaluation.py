@@ -256,6 +256,7 @@ def evaluate_model(
         (metrics dict, output folder).
     """
     from cxrkit.config import load_config
+    from cxrkit.inputs import InputPipeline
     from cxrkit.metrics import apply_temperature, fit_temperature
     from cxrkit.models import load_artifact, set_operating_points
     from cxrkit.train import make_datamodule, predict_part, scoring_mask
@@ -286,10 +287,18 @@ def evaluate_model(
     if len(dm.datasets[opts.part]) == 0:
         raise CxrkitError(f"the '{opts.part}' part is empty: nothing to evaluate.")
 
+    size = int(dm.images.shape[1])
+    if tuple(meta.image_size) != (size, size):
+        raise CxrkitError(
+            f"the model takes {meta.image_size[0]} px images but the cache holds {size} px ones: "
+            "build a cache at the model's size (cxrkit cache --size) and point data.cache at it."
+        )
+    pipe = InputPipeline(meta.input_mode, clip_limit=meta.clip_limit, mean=meta.mean, std=meta.std)
+
     def predict(part: str):
         if progress:
             progress(f"predicting the '{part}' part ({len(dm.datasets[part]):,} images)")
-        probs, rows = predict_part(model, dm, part, meta.output)
+        probs, rows = predict_part(model, dm, part, meta.output, pipe)
         ds = dm.datasets[part]
         mask = scoring_mask(ds.y, ds.mask, meta.output).numpy()
         return probs, ds.y.numpy(), mask, rows

@@ -22,6 +22,7 @@ import contextlib
 import io
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -169,12 +170,18 @@ def _dicom_error(path: str, what: str, e: BaseException | None = None) -> ImageR
     return ImageReadError(f"cannot decode DICOM '{path}': {what}{detail}.")
 
 
+_PYDICOM_QUIET = threading.RLock()
+
+
 @contextlib.contextmanager
 def _quiet_pydicom() -> Iterator[None]:
-    """Silence pydicom's warnings while reading: they can quote header values (names, dates)."""
+    """Silence pydicom's warnings while reading: they can quote header values (names, dates).
+
+    The warning filters and the logger switch are process-wide, so DICOM reads are serialised by a
+    lock (threads of the web service or of ``predict`` decode DICOM concurrently)."""
     logger = logging.getLogger("pydicom")
-    disabled = logger.disabled
-    with warnings.catch_warnings():
+    with _PYDICOM_QUIET, warnings.catch_warnings():
+        disabled = logger.disabled
         warnings.simplefilter("ignore")
         logger.disabled = True
         try:

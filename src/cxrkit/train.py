@@ -457,17 +457,23 @@ def _add_train_seconds(folder: Path, seconds: float) -> float:
 
 @torch.no_grad()
 def predict_part(
-    model: torch.nn.Module, dm: CXRDataModule, part: str, output: str = "sigmoid"
+    model: torch.nn.Module,
+    dm: CXRDataModule,
+    part: str,
+    output: str = "sigmoid",
+    pipe: torch.nn.Module | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities (n, L) and index rows (n,) of one part of a data module, in evaluation mode.
 
     ``output`` is the artifact's head (``sigmoid`` or ``multiclass``, see
-    :func:`cxrkit.models.probabilities`).
+    :func:`cxrkit.models.probabilities`); ``pipe`` the artifact's input pipeline (default: the
+    data module's evaluation pipeline).
     """
     model.eval()
+    pipe = pipe or dm.eval_pipe
     probs, rows = [], []
     for batch in dm._loader(part, shuffle=False):
-        x = dm.eval_pipe(batch["image"])
+        x = pipe(batch["image"])
         probs.append(probabilities(model(x), output).numpy())
         rows.append(batch["row"].numpy())
     return np.concatenate(probs), np.concatenate(rows)
