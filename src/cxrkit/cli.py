@@ -996,6 +996,35 @@ def explain_cmd(
     console.print(f"{result['finding']}: p = {p:.3f}{decision}; {method} overlay in {out}")
 
 
+@app.command("ensemble")
+def ensemble_cmd(
+    members: Annotated[
+        list[Path], typer.Argument(help="Two or more model artifact (or run) folders.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The ensemble artifact folder.")],
+    weights: Annotated[
+        str | None, typer.Option(help="Comma-separated member weights (default: equal).")
+    ] = None,
+    tta: Annotated[str, typer.Option(help="Test-time augmentation: none | hflip.")] = "none",
+) -> None:
+    """Combine artifacts into one ensemble artifact (weighted mean of probabilities)."""
+    from cxrkit.ensemble import make_ensemble
+
+    w = None
+    if weights:
+        try:
+            w = [float(x) for x in weights.split(",")]
+        except ValueError:
+            raise CxrkitError(
+                f"--weights must be numbers separated by commas; got '{weights}'."
+            ) from None
+    folder = make_ensemble(members, out, weights=w, tta=tta.lower())
+    console.print(
+        f"ensemble of {len(members)} models in {folder}; fit its operating points with "
+        f"`cxrkit evaluate {folder} --config <a member's config.yaml>`"
+    )
+
+
 @app.command("serve")
 def serve_cmd(
     artifact: Annotated[Path, typer.Argument(help="A model artifact (or run) folder.")],

@@ -805,7 +805,34 @@ class Explainer:
         self.pipeline = InputPipeline(
             meta.input_mode, clip_limit=meta.clip_limit, mean=meta.mean, std=meta.std
         ).to(self.device)
-        self.cam = GradCAM(self.model, layer, meta.output, method)
+        self.cam = None
+        self.members: list[tuple[GradCAM, nn.Module, list[int], float]] = []
+        if meta.architecture == "cxrkit-ensemble":
+            # an ensemble's map: the weighted mean of its members' maps (each on its own input)
+            for net, pipe, m, order, w in zip(
+                self.model.models,
+                self.model.pipes,
+                self.model.metas,
+                self.model._order,
+                self.model.weights.tolist(),
+                strict=True,
+            ):
+                self.members.append((GradCAM(net, layer, m.output, method), pipe, order, w))
+        else:
+            self.cam = GradCAM(self.model, layer, meta.output, method)
+        self.method = method
+
+    def _heat(self, small: np.ndarray, x: torch.Tensor, j: int) -> np.ndarray:
+        """(S, S) map of output ``j`` for the cached-size image ``small`` (its input ``x``)."""
+        if self.cam is not None:
+            return self.cam(x, j)[0]
+        u8 = torch.from_numpy(np.ascontiguousarray(small))[None].to(self.device)
+        total = None
+        for cam, pipe, order, w in self.members:
+            h = w * cam(pipe(u8), order[j])[0]
+            total = h if total is None else total + h
+        top = float(total.max())
+        return (total / top if top > 0 else total).astype(np.float32)
 
     def finding_index(self, finding: str) -> int:
         """The output index of a finding, by any dataset's spelling; a clear error otherwise."""
@@ -825,7 +852,7 @@ class Explainer:
         """(S, S) uint8 image as the cache stores it → (S, S) float32 map in [0, 1]."""
         j = finding if isinstance(finding, int) else self.finding_index(finding)
         x = self.pipeline(torch.from_numpy(np.ascontiguousarray(image))[None].to(self.device))
-        return self.cam(x, j)[0]
+        return self._heat(image, x, j)
 
     def explain_array(self, image: np.ndarray, finding: str | None = None) -> Explanation:
         """Explain a decoded 2-D image (any dtype and size); ``finding=None`` takes the finding
@@ -843,7 +870,7 @@ class Explainer:
             probs = probabilities(self.model(x), self.meta.output, self.meta.temperature)
         probs = probs[0].cpu().numpy().astype(np.float32)
         j = int(np.argmax(probs)) if finding is None else self.finding_index(finding)
-        heat = self.cam(x, j)[0]
+        heat = self._heat(small, x, j)
         return Explanation(
             probabilities=probs,
             finding=self.meta.labels[j],
@@ -911,13 +938,14 @@ def evaluate_localization(
                 missing.append(path)
                 continue
             images += 1
-            x = ex.pipeline(torch.from_numpy(resize_square(img, ex.size, ex.meta.fit))[None])
+            small_img = resize_square(img, ex.size, ex.meta.fit)
+            x = ex.pipeline(torch.from_numpy(small_img)[None])
             for finding, b in by_finding.items():
                 small = map_box(b, img.shape, ex.size, ex.meta.fit)
                 if finding not in labels or not (small[:, 2] * small[:, 3] > 0).any():
                     skipped += 1
                     continue
-                heat = ex.cam(x, labels.index(finding))[0]
+                heat = ex._heat(small_img, x, labels.index(finding))
                 yield {
                     "finding": finding,
                     "hit": pointing_game(heat, small[small[:, 2] * small[:, 3] > 0]),

@@ -508,20 +508,28 @@ def read_artifact_meta(folder: str | Path) -> ArtifactMeta:
         raise CxrkitError(
             f"incomplete artifact '{folder}': {META_FILE} is not JSON ({e})."
         ) from None
+    return read_meta_dict(raw, f"artifact '{folder}'")
+
+
+def read_meta_dict(raw: Any, where: str = "artifact") -> ArtifactMeta:
+    """Check a ``model.json`` dict (format version, required fields) and build its metadata.
+
+    ``where`` names the source in error messages.
+    """
+    folder = where
     if not isinstance(raw, dict):
-        raise CxrkitError(f"incomplete artifact '{folder}': {META_FILE} is not a JSON object.")
+        raise CxrkitError(f"incomplete {where}: {META_FILE} is not a JSON object.")
     version = raw.get("format_version")
     if isinstance(version, int) and version > FORMAT_VERSION:
         raise CxrkitError(
-            f"model artifact '{folder}' was made by cxrkit {raw.get('cxrkit_version', '?')} "
+            f"model {folder} was made by cxrkit {raw.get('cxrkit_version', '?')} "
             f"(format {version}); this is cxrkit {__version__} (format {FORMAT_VERSION}): "
             "upgrade cxrkit to load it."
         )
     missing = [k for k in _REQUIRED_META if k not in raw]
     if missing:
         raise CxrkitError(
-            f"incomplete artifact '{folder}': {META_FILE} lacks {preview(missing)}. "
-            "Save the artifact again."
+            f"incomplete {folder}: {META_FILE} lacks {preview(missing)}. Save the artifact again."
         )
     known = {f for f in ArtifactMeta.__dataclass_fields__}
     try:
@@ -535,12 +543,10 @@ def read_artifact_meta(folder: str | Path) -> ArtifactMeta:
             }
         )
     except (TypeError, ValueError) as e:
-        raise CxrkitError(
-            f"artifact '{folder}': {META_FILE} has a malformed field ({e})."
-        ) from None
+        raise CxrkitError(f"{folder}: {META_FILE} has a malformed field ({e}).") from None
     if meta.output not in OUTPUTS:
         raise CxrkitError(
-            f"artifact '{folder}': {META_FILE} has output '{meta.output}'; expected one of "
+            f"{folder}: {META_FILE} has output '{meta.output}'; expected one of "
             f"{', '.join(OUTPUTS)}. Save the artifact again."
         )
     return meta
@@ -565,12 +571,17 @@ def load_artifact(folder: str | Path) -> tuple[torch.nn.Module, ArtifactMeta]:
             f"artifact '{folder}': {WEIGHTS_FILE} does not match the sha256 in {META_FILE} "
             "(modified or partly copied). Copy the artifact again."
         )
-    model = create_model(
-        meta.architecture,
-        pretrained=False,
-        num_classes=len(meta.labels) * meta.outputs_per_label,
-        input_mode=meta.input_mode,
-    )
+    if meta.architecture == "cxrkit-ensemble":
+        from cxrkit.ensemble import build_from_meta
+
+        model = build_from_meta(meta)
+    else:
+        model = create_model(
+            meta.architecture,
+            pretrained=False,
+            num_classes=len(meta.labels) * meta.outputs_per_label,
+            input_mode=meta.input_mode,
+        )
     try:
         model.load_state_dict(load_file(str(weights)), strict=True)
     except (RuntimeError, SafetensorError) as e:

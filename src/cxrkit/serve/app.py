@@ -196,7 +196,7 @@ def create_app(
                 ex.finding_index(finding)
             except CxrkitError as e:
                 raise HTTPException(422, str(e)) from None
-        cam = ex if method == ex.cam.method else _with_method(ex, method)
+        cam = ex if method == ex.method else _explainer_for(folder, method, device, state)
         result = cam.explain_array(image, finding)
         rgb = overlay(result["gray"], result["heatmap_image"])
         h, w = rgb.shape[:2]
@@ -222,15 +222,15 @@ def create_app(
     return app
 
 
-def _with_method(ex, method: str):
-    """A second Explainer view sharing the network for another Grad-CAM method."""
-    import copy
+def _explainer_for(folder: Path, method: str, device: str, state: dict[str, Any]):
+    """One Explainer per Grad-CAM method, made on first use and kept."""
+    from cxrkit.explain import Explainer
 
-    from cxrkit.explain import GradCAM
-
-    other = copy.copy(ex)
-    other.cam = GradCAM(ex.model, ex.cam._layer, ex.meta.output, method)
-    return other
+    key = f"explainer-{method}"
+    with state.setdefault("lock", threading.Lock()):
+        if key not in state:
+            state[key] = Explainer(folder, method=method, device=device)
+    return state[key]
 
 
 def _scrub(message: str) -> str:
