@@ -36,6 +36,9 @@ def test_demo_small(tmp_path: Path, run_cli):
     assert "against the planted truth" in out
     assert 0.0 <= mean_auc(out) <= 1.0
     assert list((tmp_path / "demo" / "runs").glob("*/model/model.json"))
+    reports = list((tmp_path / "demo" / "runs").glob("*/report/report.html"))
+    assert reports and f"report: {reports[0]}" in out.replace("\n", "")
+    assert list((tmp_path / "demo" / "runs").glob("*/eval-test/metrics.json"))
     code, out2, _ = run_cli("demo", "--out", tmp_path / "demo", *SMALL)
     assert code == 0 and "reusing the trained run" in out2 and "(reused)" in out2
 
