@@ -734,7 +734,7 @@ def _print_metrics(metrics: dict, title: str) -> None:
         )
     if avg.get("competition_auroc") is not None:
         t.add_row(
-            "competition 5",
+            f"competition ({len(avg.get('competition_findings') or [])} of 5)",
             "",
             "",
             _ci_text(avg["competition_auroc"], avg.get("competition_auroc_ci")),

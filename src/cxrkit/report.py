@@ -439,7 +439,7 @@ def _metrics_section(metrics: dict, level: str, findings: list[str]) -> Section:
             ["multilabel (macro) AUROC", _ci(avg.get("macro_auroc"), avg.get("macro_auroc_ci"))],
             ["micro AUROC", _ci(avg.get("micro_auroc"), avg.get("micro_auroc_ci"))],
             [
-                "competition-5 mean AUROC",
+                f"competition mean AUROC ({len(avg.get('competition_findings') or [])} of 5)",
                 _ci(avg.get("competition_auroc"), avg.get("competition_auroc_ci")),
             ],
             ["macro AUPRC", avg.get("macro_auprc")],
