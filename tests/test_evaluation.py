@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from conftest import assert_one_line_error
 from cxrkit.cache import build_cache
 from cxrkit.config import load_config
 from cxrkit.datasets import build_index
@@ -22,7 +23,6 @@ from cxrkit.labels import LabelPolicy
 from cxrkit.models import read_artifact_meta
 from cxrkit.splits import make_splits, write_splits
 from cxrkit.train import train
-from conftest import assert_one_line_error
 
 FINDINGS = "Cardiomegaly,Pleural Effusion,Edema"
 
@@ -214,13 +214,19 @@ def _chexpert_like(tmp: Path, rng: np.random.Generator):
         for s in range(2):
             study = f"CheXpert-v1.0/test/patient{p:05d}/study{s + 1}"
             y = rng.integers(0, 2, 3)
-            labels.append({"Study": study, "Cardiomegaly": y[0], "Edema": y[1],
-                           "Pleural Effusion": y[2]})
+            labels.append(
+                {"Study": study, "Cardiomegaly": y[0], "Edema": y[1], "Pleural Effusion": y[2]}
+            )
             for v in range(1 + (p % 2)):
                 score = np.clip(0.3 * y + rng.random(3) * 0.7, 0, 1)
-                rows.append({"Path": f"test/patient{p:05d}/study{s + 1}/view{v + 1}_frontal.jpg",
-                             "Cardiomegaly": score[0], "Edema": score[1],
-                             "Pleural_Effusion": score[2]})
+                rows.append(
+                    {
+                        "Path": f"test/patient{p:05d}/study{s + 1}/view{v + 1}_frontal.jpg",
+                        "Cardiomegaly": score[0],
+                        "Edema": score[1],
+                        "Pleural_Effusion": score[2],
+                    }
+                )
     pred, lab = pd.DataFrame(rows), pd.DataFrame(labels)
     pred.to_csv(tmp / "pred.csv", index=False)
     lab.to_csv(tmp / "labels.csv", index=False)
@@ -229,8 +235,9 @@ def _chexpert_like(tmp: Path, rng: np.random.Generator):
 
 def test_score_files_aggregates_images_to_chexpert_studies(tmp_path):
     pred, lab = _chexpert_like(tmp_path, np.random.default_rng(0))
-    result, folder = score_files(tmp_path / "pred.csv", tmp_path / "labels.csv", n_boot=100,
-                                 out=tmp_path / "out")
+    result, folder = score_files(
+        tmp_path / "pred.csv", tmp_path / "labels.csv", n_boot=100, out=tmp_path / "out"
+    )
     assert result["level"] == "study" and result["bootstrap_groups"] == "patient"
     study = pred["Path"].str.rsplit("/", n=1).str[0]
     agg = pred.assign(study=study).groupby("study")["Edema"].max()
@@ -257,26 +264,38 @@ def test_score_files_bad_inputs(tmp_path):
     assert card["auroc"] is None and "no positive" in card["undefined"]
     json.dumps(result, allow_nan=False)
     # selecting findings scores a subset
-    result, _ = score_files(tmp_path / "fewer.csv", tmp_path / "labels.csv", n_boot=0,
-                            findings=["cardiomegaly", "Pleural Effusion"])
+    result, _ = score_files(
+        tmp_path / "fewer.csv",
+        tmp_path / "labels.csv",
+        n_boot=0,
+        findings=["cardiomegaly", "Pleural Effusion"],
+    )
     assert list(result["image"]["findings"]) == ["Cardiomegaly", "Pleural Effusion"]
 
 
 def test_cli_scores_files_with_one_line_errors(tmp_path, run_cli):
     _chexpert_like(tmp_path, np.random.default_rng(2))
-    code, out, err = run_cli("evaluate", "--predictions", tmp_path / "pred.csv", "--labels",
-                             tmp_path / "labels.csv", "--bootstrap", "10")
+    code, out, err = run_cli(
+        "evaluate",
+        "--predictions",
+        tmp_path / "pred.csv",
+        "--labels",
+        tmp_path / "labels.csv",
+        "--bootstrap",
+        "10",
+    )
     assert code == 0, err
     assert "Edema" in out and "macro" in out
-    code, _, err = run_cli("evaluate", "--predictions", tmp_path / "pred.csv", "--labels",
-                           tmp_path / "nope.csv")
+    code, _, err = run_cli(
+        "evaluate", "--predictions", tmp_path / "pred.csv", "--labels", tmp_path / "nope.csv"
+    )
     assert_one_line_error(code, err, "does not exist")
 
 
 def test_report_renders_in_headless_chromium(runs, evaluated, browser, tmp_path):
     """Every figure is decoded by a real browser (naturalWidth > 0) and the page screenshots."""
-    from cxrkit.report import build_report
     from conftest import ARTIFACTS
+    from cxrkit.report import build_report
 
     _, a, _ = runs
     page_path, summary = build_report(a, tmp_path / "report")

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error
 
+from conftest import assert_one_line_error
 from cxrkit.datasets.synthetic import generate
 from cxrkit.explain import Explainer, evaluate_localization
 from cxrkit.models import create_model, save_artifact
@@ -23,10 +23,19 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("explain")
     folder = generate("nih", tmp / "data", n=40, size=96, seed=2, workers=1)
     torch.manual_seed(0)
-    model = create_model("test_resnet", pretrained=False, num_classes=len(LABELS), input_mode="gray1")
+    model = create_model(
+        "test_resnet", pretrained=False, num_classes=len(LABELS), input_mode="gray1"
+    )
     art = save_artifact(
-        model, tmp / "model", arch="test_resnet", findings=LABELS, input_mode="gray1",
-        image_size=64, mean=[0.45], std=[0.225], thresholds={"Cardiomegaly": 0.4},
+        model,
+        tmp / "model",
+        arch="test_resnet",
+        findings=LABELS,
+        input_mode="gray1",
+        image_size=64,
+        mean=[0.45],
+        std=[0.225],
+        thresholds={"Cardiomegaly": 0.4},
     )
     return folder, art
 
@@ -80,7 +89,5 @@ def test_localization_scores_on_the_synthetic_boxes(setup, run_cli, tmp_path):
     code, out, err = run_cli("evaluate", art, "--localization", boxes, "--out", tmp_path / "c")
     assert code == 0, err
     assert "pointing-game hit rate" in out
-    code, _, err = run_cli(
-        "evaluate", art, "--localization", boxes, "--images-root", tmp_path
-    )
+    code, _, err = run_cli("evaluate", art, "--localization", boxes, "--images-root", tmp_path)
     assert_one_line_error(code, err, "--images-root")

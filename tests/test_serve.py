@@ -28,10 +28,18 @@ SECRET_NAME, SECRET_ID = "Doe^Jane", "SECRET-ID-123"
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    model = create_model("test_resnet", pretrained=False, num_classes=len(LABELS), input_mode="gray1")
+    model = create_model(
+        "test_resnet", pretrained=False, num_classes=len(LABELS), input_mode="gray1"
+    )
     return save_artifact(
-        model, tmp_path_factory.mktemp("serve") / "model", arch="test_resnet", findings=LABELS,
-        input_mode="gray1", image_size=64, mean=[0.45], std=[0.225],
+        model,
+        tmp_path_factory.mktemp("serve") / "model",
+        arch="test_resnet",
+        findings=LABELS,
+        input_mode="gray1",
+        image_size=64,
+        mean=[0.45],
+        std=[0.225],
         thresholds={"Cardiomegaly": 0.5, "Edema": 0.2},
     )
 
@@ -193,8 +201,13 @@ def test_openapi_contract_has_no_server_errors(artifact):
         strategy = operation.as_strategy()
 
         @given(case=strategy)
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck),
-                  derandomize=True, database=None)
+        @settings(
+            max_examples=25,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
+        )
         def check(case):
             response = case.call()
             assert response.status_code < 500, (case.path, response.status_code, response.text)

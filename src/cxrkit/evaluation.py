@@ -123,7 +123,9 @@ def _fit_thresholds(
         elif t.size == 0 or t.min() == t.max():
             out[f] = None
             why[f] = (
-                "no labelled case" if t.size == 0 else f"only {'positive' if t[0] else 'negative'} cases"
+                "no labelled case"
+                if t.size == 0
+                else f"only {'positive' if t[0] else 'negative'} cases"
             ) + f" in the '{opts.fit_part}' part: 0.5 used"
         else:
             out[f] = float(fit_threshold(t, probs[m, j], opts.operating_point, opts.target))
@@ -345,9 +347,7 @@ def evaluate_model(
     if progress:
         progress(f"scoring with {opts.n_boot} bootstrap resamples over patients")
     image_metrics = _score(test[0], test[1], test[2], findings, groups, thresholds, opts)
-    tables = [
-        _prediction_table(tmeta, test[0], test[1], test[2], findings, "image", opts.part)
-    ]
+    tables = [_prediction_table(tmeta, test[0], test[1], test[2], findings, "image", opts.part)]
     result: dict[str, Any] = {
         "cxrkit_version": __version__,
         "run": str(run) if run else None,
@@ -527,7 +527,11 @@ def score_files(
         )
     pk = _norm_key(pred[pkey])
     lk = _norm_key(lab[lkey])
-    per_study = lkey in ("Study", "study", "study_id") and pkey not in ("Study", "study", "study_id")
+    per_study = lkey in ("Study", "study", "study_id") and pkey not in (
+        "Study",
+        "study",
+        "study_id",
+    )
     p = probs_df.to_numpy(np.float64)
     if per_study:
         pk = pk.map(_study_of)
