@@ -80,3 +80,86 @@ def browser():
 
 #: Where browser tests keep their screenshots (test artifacts; ignored by git).
 ARTIFACTS = REPO / "tests" / "artifacts"
+
+
+def tiny_artifact(
+    folder: Path,
+    labels,
+    *,
+    arch: str = "test_resnet",
+    input_mode: str = "gray1",
+    size: int = 48,
+    seed: int = 0,
+    output: str = "sigmoid",
+    thresholds: dict | None = None,
+    fit: str = "pad",
+    head_scale: float = 1.0,
+    clip_limit: float = 2.0,
+) -> Path:
+    """A random-weight model artifact for tests (``head_scale`` spreads the probabilities)."""
+    import torch
+
+    from cxrkit.inputs import IMAGENET_MEAN, IMAGENET_STD
+    from cxrkit.models import create_model, save_artifact
+
+    torch.manual_seed(seed)
+    k = 3 if output == "multiclass" else 1
+    model = create_model(arch, num_classes=k * len(labels), input_mode=input_mode)
+    if head_scale != 1.0:
+        with torch.no_grad():
+            model.get_classifier().weight.mul_(head_scale)
+    gray = input_mode == "gray1"
+    return save_artifact(
+        model.eval(),
+        folder,
+        arch=arch,
+        findings=tuple(labels),
+        input_mode=input_mode,
+        image_size=size,
+        mean=(sum(IMAGENET_MEAN) / 3,) if gray else IMAGENET_MEAN,
+        std=(sum(IMAGENET_STD) / 3,) if gray else IMAGENET_STD,
+        thresholds=thresholds,
+        output=output,
+        fit=fit,
+        clip_limit=clip_limit,
+    )
+
+
+def write_dicom(path, stored, photometric: str = "MONOCHROME2", **tags):
+    """A small DICOM file (or bytes, when ``path`` is None) with patient fields set, for tests."""
+    import io
+
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientName = "Doe^Jane"
+    ds.PatientID = "SECRET-ID-123"
+    ds.PatientBirthDate = "19700101"
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    bits = 8 if stored.dtype == np.uint8 else 16
+    ds.BitsAllocated = bits
+    ds.BitsStored = tags.pop("BitsStored", bits)
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    for k, v in tags.items():
+        setattr(ds, k, v)
+    ds.PixelData = np.ascontiguousarray(stored).tobytes()
+    target = io.BytesIO() if path is None else path
+    try:
+        ds.save_as(target, enforce_file_format=True)  # pydicom >= 3
+    except TypeError:  # pydicom 2.4
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(target, write_like_original=False)
+    return target.getvalue() if path is None else path

@@ -6,38 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, tiny_artifact
 from cxrkit.ensemble import make_ensemble
 from cxrkit.errors import CxrkitError
-from cxrkit.models import create_model, load_artifact, save_artifact
+from cxrkit.models import load_artifact
 from cxrkit.predict import Predictor
 
 LABELS = ("Cardiomegaly", "Edema", "Pleural Effusion")
 
 
 def _member(folder: Path, seed: int, mode: str, labels=LABELS, size=48, output="sigmoid"):
-    torch.manual_seed(seed)
-    k = 3 if output == "multiclass" else 1
-    model = create_model(
-        "test_resnet", pretrained=False, num_classes=k * len(labels), input_mode=mode
-    )
-    mean, std = (
-        ([0.45], [0.225]) if mode == "gray1" else ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    )
-    return save_artifact(
-        model,
-        folder,
-        arch="test_resnet",
-        findings=labels,
-        input_mode=mode,
-        image_size=size,
-        mean=mean,
-        std=std,
-        output=output,
-        fit="pad",
-    )
+    return tiny_artifact(folder, labels, input_mode=mode, size=size, seed=seed, output=output)
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, tiny_artifact
 from cxrkit.datasets.synthetic import generate
 from cxrkit.explain import Explainer, evaluate_localization
-from cxrkit.models import create_model, save_artifact
 
 LABELS = ("Cardiomegaly", "Pleural Effusion", "Nodule", "Mass")
 
@@ -22,21 +20,7 @@ LABELS = ("Cardiomegaly", "Pleural Effusion", "Nodule", "Mass")
 def setup(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("explain")
     folder = generate("nih", tmp / "data", n=40, size=96, seed=2, workers=1)
-    torch.manual_seed(0)
-    model = create_model(
-        "test_resnet", pretrained=False, num_classes=len(LABELS), input_mode="gray1"
-    )
-    art = save_artifact(
-        model,
-        tmp / "model",
-        arch="test_resnet",
-        findings=LABELS,
-        input_mode="gray1",
-        image_size=64,
-        mean=[0.45],
-        std=[0.225],
-        thresholds={"Cardiomegaly": 0.4},
-    )
+    art = tiny_artifact(tmp / "model", LABELS, size=64, thresholds={"Cardiomegaly": 0.4})
     return folder, art
 
 

@@ -10,9 +10,8 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from conftest import write_dicom
 from cxrkit.errors import CxrkitError
 from cxrkit.imaging import (
     FIT_MODES,
@@ -137,37 +136,6 @@ def test_bad_fit_is_one_clear_line():
 # ---- DICOM ---------------------------------------------------------------------------------------
 
 
-def _write_dicom(path: Path, stored: np.ndarray, photometric: str, **tags) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientName = "Doe^Jane"
-    ds.PatientID = "SECRET-ID-123"
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    bits = 8 if stored.dtype == np.uint8 else 16
-    ds.BitsAllocated = bits
-    ds.BitsStored = tags.pop("BitsStored", bits)
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
-    for k, v in tags.items():
-        setattr(ds, k, v)
-    ds.PixelData = np.ascontiguousarray(stored).tobytes()
-    try:
-        ds.save_as(path, enforce_file_format=True)  # pydicom >= 3
-    except TypeError:  # pydicom 2.4
-        ds.is_little_endian, ds.is_implicit_VR = True, False
-        ds.save_as(path, write_like_original=False)
-    return path
-
-
 def _phantom() -> tuple[np.ndarray, np.ndarray]:
     """12-bit stored values: a dense 'body' on 'air', padding at the left edge; the padding mask."""
     yy, xx = np.mgrid[0:64, 0:80]
@@ -181,7 +149,7 @@ def test_synthetic_dicom_rescale_window_padding(tmp_path: Path):
     s2 = stored.copy()
     s2[pad] = 4095
     slope, intercept, center, width = 2.0, -1000.0, 3000.0, 4001.0
-    path = _write_dicom(
+    path = write_dicom(
         tmp_path / "m2.dcm",
         s2,
         "MONOCHROME2",
@@ -205,7 +173,7 @@ def test_synthetic_dicom_rescale_window_padding(tmp_path: Path):
     # The same film stored as MONOCHROME1 (low value = white), with the window mirrored.
     s1 = (4095 - stored).astype(np.uint16)
     s1[pad] = 0
-    path1 = _write_dicom(
+    path1 = write_dicom(
         tmp_path / "m1.dcm",
         s1,
         "MONOCHROME1",
@@ -226,8 +194,8 @@ def test_synthetic_dicom_without_window_monochrome1_matches_monochrome2(tmp_path
     tags = {"BitsStored": 12}
     if rescale:
         tags.update(RescaleSlope=0.5, RescaleIntercept=-100.0)
-    m2 = read_image(_write_dicom(tmp_path / "m2.dcm", stored, "MONOCHROME2", **tags))
-    m1 = read_image(_write_dicom(tmp_path / "m1.dcm", 4095 - stored, "MONOCHROME1", **tags))
+    m2 = read_image(write_dicom(tmp_path / "m2.dcm", stored, "MONOCHROME2", **tags))
+    m1 = read_image(write_dicom(tmp_path / "m1.dcm", 4095 - stored, "MONOCHROME1", **tags))
     assert m2.dtype == (np.float32 if rescale else np.uint16)
     assert np.array_equal(to_uint8(m1), to_uint8(m2))
     u8 = to_uint8(m2)
@@ -237,7 +205,7 @@ def test_synthetic_dicom_without_window_monochrome1_matches_monochrome2(tmp_path
 def test_dicom_by_magic_without_suffix_and_first_frame(tmp_path: Path):
     frames = np.stack([np.full((8, 8), 10, np.uint8), np.full((8, 8), 200, np.uint8)])
     path = tmp_path / "noext"
-    ds_path = _write_dicom(tmp_path / "mf.dcm", frames.reshape(16, 8), "MONOCHROME2")
+    ds_path = write_dicom(tmp_path / "mf.dcm", frames.reshape(16, 8), "MONOCHROME2")
     ds = pydicom.dcmread(ds_path)
     ds.Rows, ds.NumberOfFrames = 8, 2
     ds.save_as(path)
@@ -246,7 +214,7 @@ def test_dicom_by_magic_without_suffix_and_first_frame(tmp_path: Path):
 
 
 def test_dicom_errors_and_warnings_never_show_patient_fields(tmp_path: Path, caplog):
-    path = _write_dicom(tmp_path / "bad.dcm", np.zeros((16, 16), np.uint16), "MONOCHROME2")
+    path = write_dicom(tmp_path / "bad.dcm", np.zeros((16, 16), np.uint16), "MONOCHROME2")
     ds = pydicom.dcmread(path)
     ds.PixelData = ds.PixelData[:100]  # truncated pixel data
     with warnings.catch_warnings():
@@ -281,7 +249,7 @@ def test_real_dicoms_decode_and_monochrome1_is_inverted(shared_data: Path, tmp_p
     assert raw1.PhotometricInterpretation == "MONOCHROME1" and raw1.PixelData == raw2.PixelData
     assert np.array_equal(m1, 255 - m2)
     # A true MONOCHROME1 film (bone stored dark) comes out like its MONOCHROME2 twin: bone bright.
-    true_m1 = _write_dicom(tmp_path / "true_m1.dcm", 255 - m2, "MONOCHROME1")
+    true_m1 = write_dicom(tmp_path / "true_m1.dcm", 255 - m2, "MONOCHROME1")
     assert np.array_equal(read_image(true_m1), m2)
     cached = load_for_cache(folder / SIIM_DICOM, 224, "pad")
     assert cached.shape == (224, 224) and cached[80:140, 80:140].mean() > cached[:20, :20].mean()

@@ -15,7 +15,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, tiny_artifact
 from cxrkit.errors import CxrkitError
 from cxrkit.inputs import IMAGENET_MEAN, IMAGENET_STD, InputPipeline
 from cxrkit.interop import (
@@ -26,28 +26,22 @@ from cxrkit.interop import (
     import_torchxrayvision,
     onnx_meta_path,
 )
-from cxrkit.models import create_model, load_artifact, save_artifact
+from cxrkit.models import load_artifact
 from cxrkit.predict import Predictor, expand_inputs
 
 LABELS = ("Atelectasis", "Cardiomegaly", "Pleural Effusion")
 
 
 def make_artifact(folder: Path, *, arch="test_resnet", input_mode="gray3", size=48, seed=0):
-    torch.manual_seed(seed)
-    model = create_model(arch, num_classes=len(LABELS), input_mode=input_mode)
-    with torch.no_grad():
-        model.get_classifier().weight.mul_(20)  # probabilities that differ between images
-    channels = 1 if input_mode == "gray1" else 3
-    return save_artifact(
-        model.eval(),
+    return tiny_artifact(
         folder,
+        LABELS,
         arch=arch,
-        findings=LABELS,
         input_mode=input_mode,
-        image_size=size,
-        mean=IMAGENET_MEAN[:channels],
-        std=IMAGENET_STD[:channels],
+        size=size,
+        seed=seed,
         thresholds={"Cardiomegaly": 0.5},
+        head_scale=20,  # probabilities that differ between images
     )
 
 

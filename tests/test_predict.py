@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, tiny_artifact
 from cxrkit.errors import CxrkitError
 from cxrkit.imaging import load_for_cache
-from cxrkit.inputs import IMAGENET_MEAN, IMAGENET_STD, InputPipeline
-from cxrkit.models import create_model, load_artifact, probabilities, save_artifact
+from cxrkit.inputs import InputPipeline
+from cxrkit.models import load_artifact, probabilities
 from cxrkit.predict import (
     ERROR_COLUMN,
     Predictor,
@@ -38,29 +38,19 @@ def make_artifact(
     seed: int = 0,
 ) -> Path:
     """A tiny random artifact; its head is scaled up so probabilities differ between images."""
-    torch.manual_seed(seed)
-    k = 3 if output == "multiclass" else 1
-    model = create_model(arch, num_classes=k * len(LABELS), input_mode=input_mode)
-    with torch.no_grad():
-        head = model.get_classifier()
-        head.weight.mul_(20)
-    channels = 1 if input_mode == "gray1" else 3
-    mean = IMAGENET_MEAN if channels == 3 else (0.449,)
-    std = IMAGENET_STD if channels == 3 else (0.226,)
-    return save_artifact(
-        model.eval(),
+    return tiny_artifact(
         folder,
+        LABELS,
         arch=arch,
-        findings=LABELS,
         input_mode=input_mode,
-        image_size=size,
-        mean=mean,
-        std=std,
+        size=size,
+        seed=seed,
+        output=output,
         thresholds={"Cardiomegaly": 0.5, "Pleural Effusion": 0.3}
         if thresholds is None
         else thresholds,
-        output=output,
         fit=fit,
+        head_scale=20,
         clip_limit=3.0,
     )
 

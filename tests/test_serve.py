@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import socket
 import threading
@@ -13,12 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from cxrkit.models import create_model, save_artifact
+from conftest import tiny_artifact, write_dicom
 from cxrkit.serve import create_app
 
 LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
@@ -27,19 +23,10 @@ SECRET_NAME, SECRET_ID = "Doe^Jane", "SECRET-ID-123"
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = create_model(
-        "test_resnet", pretrained=False, num_classes=len(LABELS), input_mode="gray1"
-    )
-    return save_artifact(
-        model,
+    return tiny_artifact(
         tmp_path_factory.mktemp("serve") / "model",
-        arch="test_resnet",
-        findings=LABELS,
-        input_mode="gray1",
-        image_size=64,
-        mean=[0.45],
-        std=[0.225],
+        LABELS,
+        size=64,
         thresholds={"Cardiomegaly": 0.5, "Edema": 0.2},
     )
 
@@ -62,28 +49,7 @@ def _png(img: np.ndarray) -> bytes:
 
 
 def _dicom(img: np.ndarray) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate = SECRET_NAME, SECRET_ID, "19700101"
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = img.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    ds.PixelData = img.tobytes()
-    buf = io.BytesIO()
-    try:
-        ds.save_as(buf, enforce_file_format=True)
-    except TypeError:  # pydicom 2.4
-        ds.is_little_endian, ds.is_implicit_VR = True, False
-        ds.save_as(buf, write_like_original=False)
-    return buf.getvalue()
+    return write_dicom(None, img)
 
 
 def test_health_and_model(client):

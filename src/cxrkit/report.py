@@ -150,100 +150,76 @@ def _roc_band(
     return grid, np.quantile(c, a, axis=0), np.quantile(c, 1 - a, axis=0)
 
 
+def _finding_panels(findings: list[str], xlabel: str, ylabel: str, draw) -> bytes:
+    """One panel per finding: ``draw(ax, finding)`` plots and returns False when the finding's
+    curve is undefined (the panel then says why)."""
+    plt = _plt()
+    r, c = _grid(len(findings))
+    fig, axes = plt.subplots(r, c, figsize=(3.2 * c, 3.2 * r), squeeze=False)
+    for ax, f in zip(axes.flat, findings, strict=False):
+        reason = draw(ax, f)
+        if reason:
+            ax.text(0.5, 0.5, f"undefined:\n{reason}", ha="center", va="center", fontsize=8)
+        ax.set_title(f, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(findings) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _operating_point(ax, x: Any, y: Any, m: dict) -> None:
+    if x is not None and y is not None:
+        ax.plot(x, y, "o", c="C3", ms=6, label=f"t = {_fmt(m.get('threshold'))}")
+
+
 def fig_roc(
     pred: pd.DataFrame, metrics: dict, findings: list[str], seed: int, level: float
 ) -> bytes:
     from sklearn.metrics import roc_curve
 
-    plt = _plt()
-    r, c = _grid(len(findings))
-    fig, axes = plt.subplots(r, c, figsize=(3.2 * c, 3.2 * r), squeeze=False)
     n_band = 100 if len(pred) <= 50_000 else 30
-    for ax, f in zip(axes.flat, findings, strict=False):
+
+    def draw(ax, f: str) -> str | None:
         m = metrics["findings"][f]
         y, s, g = _scored(pred, f)
         ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=0.8)
         if m.get("auroc") is None or len(y) == 0 or y.min() == y.max():
-            ax.text(
-                0.5,
-                0.5,
-                f"undefined:\n{m.get('undefined') or 'no labels'}",
-                ha="center",
-                va="center",
-                fontsize=8,
-                wrap=True,
-            )
-        else:
-            grid, lo, hi = _roc_band(y, s, g, n_band, seed, level)
-            ax.fill_between(
-                grid, lo, hi, alpha=0.25, color="C0", lw=0, label=f"{int(level * 100)} % band"
-            )
-            fpr, tpr, _ = roc_curve(y, s)
-            ax.plot(fpr, tpr, c="C0", lw=1.5, label=f"AUC {_ci(m['auroc'], m.get('auroc_ci'))}")
-            if m.get("sensitivity") is not None and m.get("specificity") is not None:
-                ax.plot(
-                    1 - m["specificity"],
-                    m["sensitivity"],
-                    "o",
-                    c="C3",
-                    ms=6,
-                    label=f"t = {_fmt(m.get('threshold'))}",
-                )
-            ax.legend(loc="lower right", fontsize=7)
-        ax.set_title(f, fontsize=9)
-        ax.set_xlabel("1 − specificity", fontsize=8)
-        ax.set_ylabel("sensitivity", fontsize=8)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.01)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(findings) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    return _png(fig)
+            return m.get("undefined") or "no labels"
+        grid, lo, hi = _roc_band(y, s, g, n_band, seed, level)
+        ax.fill_between(
+            grid, lo, hi, alpha=0.25, color="C0", lw=0, label=f"{int(level * 100)} % band"
+        )
+        fpr, tpr, _ = roc_curve(y, s)
+        ax.plot(fpr, tpr, c="C0", lw=1.5, label=f"AUC {_ci(m['auroc'], m.get('auroc_ci'))}")
+        spec = m.get("specificity")
+        _operating_point(ax, None if spec is None else 1 - spec, m.get("sensitivity"), m)
+        ax.legend(loc="lower right", fontsize=7)
+        return None
+
+    return _finding_panels(findings, "1 − specificity", "sensitivity", draw)
 
 
 def fig_pr(pred: pd.DataFrame, metrics: dict, findings: list[str]) -> bytes:
     from sklearn.metrics import precision_recall_curve
 
-    plt = _plt()
-    r, c = _grid(len(findings))
-    fig, axes = plt.subplots(r, c, figsize=(3.2 * c, 3.2 * r), squeeze=False)
-    for ax, f in zip(axes.flat, findings, strict=False):
+    def draw(ax, f: str) -> str | None:
         m = metrics["findings"][f]
         y, s, _ = _scored(pred, f)
-        if len(y) and y.min() != y.max():
-            prec, rec, _ = precision_recall_curve(y, s)
-            ax.plot(rec, prec, c="C2", lw=1.5, label=f"AP {_ci(m.get('auprc'), m.get('auprc_ci'))}")
-            ax.axhline(y.mean(), ls=":", c="grey", lw=0.8, label=f"prevalence {y.mean():.3f}")
-            if m.get("sensitivity") is not None and m.get("ppv") is not None:
-                ax.plot(
-                    m["sensitivity"],
-                    m["ppv"],
-                    "o",
-                    c="C3",
-                    ms=6,
-                    label=f"t = {_fmt(m.get('threshold'))}",
-                )
-            ax.legend(loc="upper right", fontsize=7)
-        else:
-            ax.text(
-                0.5,
-                0.5,
-                f"undefined:\n{m.get('undefined') or 'no labels'}",
-                ha="center",
-                va="center",
-                fontsize=8,
-            )
-        ax.set_title(f, fontsize=9)
-        ax.set_xlabel("recall (sensitivity)", fontsize=8)
-        ax.set_ylabel("precision (PPV)", fontsize=8)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.01)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(findings) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    return _png(fig)
+        if not len(y) or y.min() == y.max():
+            return m.get("undefined") or "no labels"
+        prec, rec, _ = precision_recall_curve(y, s)
+        ax.plot(rec, prec, c="C2", lw=1.5, label=f"AP {_ci(m.get('auprc'), m.get('auprc_ci'))}")
+        ax.axhline(y.mean(), ls=":", c="grey", lw=0.8, label=f"prevalence {y.mean():.3f}")
+        _operating_point(ax, m.get("sensitivity"), m.get("ppv"), m)
+        ax.legend(loc="upper right", fontsize=7)
+        return None
+
+    return _finding_panels(findings, "recall (sensitivity)", "precision (PPV)", draw)
 
 
 def fig_confusion(metrics: dict, findings: list[str]) -> bytes:
