@@ -70,7 +70,7 @@ def test_ensembles_explain_export_and_serve(members, tmp_path):
     from cxrkit.serve import create_app
 
     tmp, folders = members
-    out = make_ensemble([folders[0], folders[2]], tmp / "e2")
+    out = make_ensemble(folders, tmp / "e2")  # gray1 + enhanced (HE and CLAHE inside) + gray3
     r = Explainer(out).explain_array(_images(1)[0], "Edema")
     assert r["heatmap"].shape == (48, 48) and 0 <= r["heatmap"].min() <= r["heatmap"].max() <= 1
     export_onnx(out)

@@ -164,7 +164,8 @@ def test_compare_two_runs_with_delong(runs, evaluated, tmp_path):
 
     _, a, b = runs
     evaluate_model(b, EvalOptions(n_boot=50))
-    result, folder = compare_runs([a, b], tmp_path / "cmp")
+    result, folder = compare_runs([a, b])
+    assert folder == a.parent / "comparison"  # beside the runs, not in the current folder
     assert [r["run"] for r in result["table"]] == ["a", "b"]
     assert result["table"][0]["model"] == "test_resnet"
     (test,) = result["delong"]
@@ -196,7 +197,10 @@ def test_cli_evaluate_and_report(runs, run_cli, tmp_path):
         (["evaluate", "--operating-point", "best", "RUN"], ["operating-point", "youden"]),
         (["evaluate", "--operating-point", "sensitivity", "RUN"], ["--target"]),
         (["evaluate", "--predictions", "p.csv"], ["--labels"]),
-        (["report", "no/such/run"], ["neither"]),
+        (["report", "no/such/run"], ["does not exist"]),
+        (["evaluate", "--operating-point", "youden", "--target", "0.9", "RUN"], ["--target"]),
+        (["evaluate", "RUN", "--config", "nope.yaml"], ["nope.yaml", "does not exist"]),
+        (["compare", "RUN", "no/such/run"], ["does not exist"]),
     ],
 )
 def test_cli_evaluate_mistakes_are_one_line(runs, run_cli, args, fragments):
@@ -249,6 +253,14 @@ def test_score_files_aggregates_images_to_chexpert_studies(tmp_path):
 
 def test_score_files_bad_inputs(tmp_path):
     pred, lab = _chexpert_like(tmp_path, np.random.default_rng(1))
+    # a repeated image is an error even when the labels are per study (never folded silently)
+    pd.concat([pred, pred.iloc[[0]]]).to_csv(tmp_path / "dup.csv", index=False)
+    with pytest.raises(CxrkitError, match="duplicate 'Path'"):
+        score_files(tmp_path / "dup.csv", tmp_path / "labels.csv", n_boot=0)
+    # a misspelt column is named in the message
+    pred.rename(columns={"Edema": "Edemaa"}).to_csv(tmp_path / "typo.csv", index=False)
+    with pytest.raises(CxrkitError, match="Edemaa"):
+        score_files(tmp_path / "typo.csv", tmp_path / "labels.csv", n_boot=0)
     pred.drop(columns=["Edema"]).to_csv(tmp_path / "fewer.csv", index=False)
     with pytest.raises(CxrkitError, match="differ.*only in labels"):
         score_files(tmp_path / "fewer.csv", tmp_path / "labels.csv", n_boot=0)

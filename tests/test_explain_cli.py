@@ -48,6 +48,8 @@ def test_explain_mistakes_are_one_line(setup, run_cli, tmp_path):
     assert_one_line_error(code, err, "cannot decode")
     code, _, err = run_cli("explain", tmp_path / "nothing", image)
     assert_one_line_error(code, err, "does not exist")
+    code, _, err = run_cli("explain", art, image, "--out", art / "overlay.png")
+    assert_one_line_error(code, err, "inside the model artifact")
 
 
 def test_explainer_default_is_the_most_probable_finding(setup):

@@ -299,7 +299,7 @@ def test_cli_predict_user_mistakes(tmp_path, run_cli, artifact, images) -> None:
     assert_one_line_error(code, err, ".csv, .json or .parquet")
 
     code, _, err = run_cli("predict", artifact, images[0], "--out", artifact / "model.json")
-    assert_one_line_error(code, err, "is an input of this command")
+    assert_one_line_error(code, err, "inside the model artifact")
 
     incomplete = make_artifact(tmp_path / "inc")
     (incomplete / "model.json").unlink()
@@ -312,3 +312,14 @@ def test_cli_predict_user_mistakes(tmp_path, run_cli, artifact, images) -> None:
     (newer / "model.json").write_text(json.dumps(meta))
     code, _, err = run_cli("predict", newer, images[0])
     assert_one_line_error(code, err, "format 99", "upgrade cxrkit")
+
+
+def test_predict_refuses_to_write_inside_the_artifact(tmp_path, run_cli):
+    art = make_artifact(tmp_path / "model")
+    img = tmp_path / "x.png"
+    import cv2
+
+    cv2.imwrite(str(img), np.full((40, 40), 120, np.uint8))
+    code, _, err = run_cli("predict", art, img, "--out", art / "model.onnx.json")
+    assert_one_line_error(code, err, "inside the model artifact")
+    assert not (art / "model.onnx.json").exists()

@@ -73,6 +73,18 @@ def _quiet_lightning() -> None:
 # ---- index ---------------------------------------------------------------------------------------
 
 
+def _guard_inside(out: Path | None, folder: Path | None, what: str) -> None:
+    """Refuse to write an output inside a folder that must stay as it is (a model artifact)."""
+    if out is None or folder is None:
+        return
+    target, root = Path(out).resolve(), Path(folder).resolve()
+    if target == root or root in target.parents:
+        raise CxrkitError(
+            f"'{out}' is inside the {what} '{folder}': write it somewhere else (the {what} must "
+            "stay as it was made)."
+        )
+
+
 def _guard_output(out: Path | None, *inputs: Path | str | None) -> None:
     """Refuse to write an output over one of the command's own inputs."""
     if out is None:
@@ -602,6 +614,7 @@ def train_cmd(
     cfg = _config_from_args(config, overrides)
     folder = train(cfg, resume=resume)
     console.print(f"[green]trained[/green] {folder}: model artifact in {folder / 'model'}")
+    console.print(f"next: cxrkit evaluate {folder}")
 
 
 @app.command("experiment")
@@ -855,12 +868,18 @@ def evaluate_cmd(
             raise CxrkitError("--predictions and --labels go together: pass both files.")
         if run is not None:
             raise CxrkitError("pass either a run/artifact or --predictions/--labels, not both.")
+        if calibrate or operating_point.lower() not in ("youden", "fixed"):
+            raise CxrkitError(
+                "--predictions/--labels have no validation part to fit operating points or a "
+                "temperature on: use --operating-point fixed --target T (default 0.5)."
+            )
         _guard_output(out / "metrics.json" if out else None, predictions, labels)
         result, folder = score_files(
             predictions,
             labels,
             findings=[x.strip() for x in findings.split(",")] if findings else None,
             aggregate=aggregate if aggregate != "none" else "max",
+            threshold=target,
             n_boot=bootstrap,
             seed=seed,
             level=level,
@@ -869,6 +888,8 @@ def evaluate_cmd(
         _print_metrics(result["image"], f"{result['level']}-level metrics: {predictions}")
         if folder:
             console.print(f"metrics in {folder / 'metrics.json'}")
+        else:
+            console.print("not saved: pass --out DIR to write predictions.parquet and metrics.json")
         return
     if run is None:
         raise CxrkitError(
@@ -892,18 +913,32 @@ def evaluate_cmd(
         run, opts, config=config, out=out, progress=lambda msg: console.print(msg)
     )
     primary = result["primary"]
+    if calibrate:
+        c = result["calibration"]
+        after = c.get("after_temperature", c["before_temperature"])["pooled"]["ece"]
+        console.print(
+            f"temperature {result['temperature']:.3f} fitted on '{fit_split}': expected "
+            f"calibration error {c['before_temperature']['pooled']['ece']:.3f} → {after:.3f}"
+        )
     _print_metrics(
         result[primary],
         f"{primary}-level metrics on '{split}' ({result[primary]['n_images']:,} {primary}s); "
         f"operating point {operating_point} fitted on '{fit_split}'",
     )
+    if save:
+        console.print(
+            f"operating points ({operating_point}) stored in {result['artifact']}/model.json"
+        )
     console.print(f"predictions and metrics in {folder}")
 
 
 @app.command("compare")
 def compare_cmd(
     runs: Annotated[list[Path], typer.Argument(help="Evaluated run folders (or eval folders).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("comparison"),
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output folder (default: comparison/ beside the runs)."),
+    ] = None,
 ) -> None:
     """One table across runs (the thesis's Table 1 and 2) and DeLong tests between them."""
     from cxrkit.report import compare_runs
@@ -938,7 +973,7 @@ def compare_cmd(
             continue
         worst = [f"{f} p={v['p_value']:.3g}" for f, v in d["findings"].items() if "p_value" in v]
         console.print(f"DeLong {d['a']} vs {d['b']} ({d['cases']:,} cases): " + ", ".join(worst))
-    console.print(f"tables in {folder / 'comparison.md'}")
+    console.print(f"tables in {(folder / 'comparison.md').resolve()}")
 
 
 @app.command("report")
@@ -985,8 +1020,11 @@ def explain_cmd(
         ex.finding_index(finding)  # a wrong name fails before the image is read
     result = ex.explain_file(image, finding)
     name = result["finding"].replace(" ", "_")
-    out = out or image.with_name(f"{image.stem}.{name}.png")
+    # the current folder, not beside the image: an overlay in an image folder would later be
+    # scored as an X-ray by `cxrkit predict FOLDER`
+    out = out or Path(f"{image.stem}.{name}.png")
     _guard_output(out, image)
+    _guard_inside(out, folder, "model artifact")
     save_overlay(out, result["gray"], result["heatmap_image"], alpha=alpha)
     p = float(result["probabilities"][result["index"]])
     thr = ex.meta.thresholds.get(result["finding"])
@@ -1043,6 +1081,16 @@ def serve_cmd(
         raise CxrkitError(f"--port must be between 1 and 65535; got {port}.")
     if max_upload_mb <= 0:
         raise CxrkitError(f"--max-upload-mb must be positive; got {max_upload_mb}.")
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise CxrkitError(
+                f"cannot listen on {host}:{port} ({e.strerror or e}): choose another --port, or "
+                "stop what is using it."
+            ) from None
     service = create_app(artifact, max_upload_bytes=int(max_upload_mb * 2**20), device=device)
     console.print(
         f"cxrkit serving {artifact} on http://{host}:{port}/ (API docs at /docs). {NOTICE}"

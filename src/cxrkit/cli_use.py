@@ -59,13 +59,16 @@ def predict_cmd(
 ) -> None:
     """Predict findings on images: a probability per finding, and positive/negative where the
     artifact has a threshold."""
-    from cxrkit.cli import _guard_output, _progress, console
+    from cxrkit.cli import _guard_inside, _guard_output, _progress, console
+    from cxrkit.models import artifact_folder
     from cxrkit.predict import (
         Predictor,
         check_predictions_path,
         expand_inputs,
         write_predictions,
     )
+
+    _guard_inside(out, artifact_folder(artifact), "model artifact")
 
     if out is not None:
         check_predictions_path(out)

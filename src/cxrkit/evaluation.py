@@ -80,6 +80,11 @@ class EvalOptions:
             raise CxrkitError(
                 f"operating point '{self.operating_point}' needs --target, e.g. --target 0.9."
             )
+        if self.target is not None and self.operating_point in ("youden", "max_f1"):
+            raise CxrkitError(
+                f"--target applies to the fixed, sensitivity and specificity operating points, "
+                f"not '{self.operating_point}': drop it, or choose one of those."
+            )
         if self.target is not None and not 0.0 < self.target < 1.0:
             raise CxrkitError(f"--target must lie strictly between 0 and 1; got {self.target}.")
         if self.n_boot < 0:
@@ -94,8 +99,8 @@ def resolve_run(path: str | Path) -> tuple[Path | None, Path]:
     path = Path(path)
     if (path / "model" / "model.json").is_file() or (path / "config.yaml").is_file():
         return path, path / "model"
-    if (path / "model.json").is_file():
-        parent = path.parent
+    if (path / "model.json").is_file() or (path / "model.safetensors").is_file():
+        parent = path.parent  # (an artifact without model.json is refused when it is read)
         return (parent if (parent / "config.yaml").is_file() else None), path
     if not path.exists():
         raise CxrkitError(
@@ -266,6 +271,10 @@ def evaluate_model(
     opts = opts or EvalOptions()
     opts.check()
     run, artifact = resolve_run(path)
+    if config is not None and not Path(config).is_file():
+        raise CxrkitError(
+            f"config '{config}' does not exist: pass the YAML the model was trained with."
+        )
     cfg_path = Path(config) if config else (run / "config.yaml" if run else None)
     if cfg_path is None or not cfg_path.is_file():
         raise CxrkitError(
@@ -387,7 +396,7 @@ def evaluate_model(
                 ).assign(images=smeta["images"].to_numpy())
             )
     result["primary"] = "study" if "study" in result else "image"
-    out_dir = Path(out) if out else (run or artifact.parent) / f"eval-{opts.part}"
+    out_dir = Path(out) if out else (run or artifact) / f"eval-{opts.part}"
     predictions = pd.concat(tables, ignore_index=True)
     _write_outputs(out_dir, predictions, result)
     return result, out_dir
@@ -454,6 +463,7 @@ def score_files(
     findings: list[str] | None = None,
     aggregate: str = "max",
     thresholds: dict[str, float] | None = None,
+    threshold: float | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
@@ -502,6 +512,11 @@ def score_files(
             wanted.append(c)
     else:
         if set(pcols) != set(lcols):
+            odd_p = [
+                c
+                for c in pred.columns
+                if c not in meta_cols and c not in pcols.values() and not c.startswith(LABEL_PREFIX)
+            ]
             only_p = sorted(set(pcols) - set(lcols))
             only_l = sorted(set(lcols) - set(pcols))
             raise CxrkitError(
@@ -509,6 +524,7 @@ def score_files(
                 + (f"only in predictions {preview(only_p)}" if only_p else "")
                 + ("; " if only_p and only_l else "")
                 + (f"only in labels {preview(only_l)}" if only_l else "")
+                + (f"; columns not recognised as findings: {preview(odd_p)}" if odd_p else "")
                 + ". Rename the columns, or pass --findings with the ones to score."
             )
         wanted = [f for f in pcols]
@@ -533,16 +549,16 @@ def score_files(
         "study_id",
     )
     p = probs_df.to_numpy(np.float64)
+    if pk.duplicated().any():
+        raise CxrkitError(
+            f"predictions file '{predictions}' has {int(pk.duplicated().sum())} duplicate "
+            f"'{pkey}' value(s) (e.g. '{pk[pk.duplicated()].iloc[0]}'): one row per image expected."
+        )
     if per_study:
         pk = pk.map(_study_of)
         grouped = pd.DataFrame(p, columns=wanted).groupby(pk.to_numpy(), sort=False)
         agg = grouped.max() if aggregate == "max" else grouped.mean()
         pk, p = pd.Series(agg.index), agg.to_numpy(np.float64)
-    elif pk.duplicated().any():
-        raise CxrkitError(
-            f"predictions file '{predictions}' has {int(pk.duplicated().sum())} duplicate "
-            f"'{pkey}' value(s): one row per image expected."
-        )
     if lk.duplicated().any():
         raise CxrkitError(
             f"labels file '{labels}' has {int(lk.duplicated().sum())} duplicate '{lkey}' value(s)."
@@ -579,6 +595,10 @@ def score_files(
     else:
         pat = keys.str.extract(_PATIENT)[0]
         groups = pat.to_numpy() if pat.notna().all() else None
+    if threshold is not None:
+        if not 0.0 <= threshold <= 1.0:
+            raise CxrkitError(f"--target (the threshold) must lie in [0, 1]; got {threshold}.")
+        thresholds = dict.fromkeys(wanted, float(threshold)) | dict(thresholds or {})
     metrics = evaluate(
         y,
         mask,

@@ -826,7 +826,7 @@ class Explainer:
         """(S, S) map of output ``j`` for the cached-size image ``small`` (its input ``x``)."""
         if self.cam is not None:
             return self.cam(x, j)[0]
-        u8 = torch.from_numpy(np.ascontiguousarray(small))[None].to(self.device)
+        u8 = torch.from_numpy(np.array(small, np.uint8))[None].to(self.device)
         total = None
         for cam, pipe, order, w in self.members:
             h = w * cam(pipe(u8), order[j])[0]
@@ -851,7 +851,8 @@ class Explainer:
     def heatmap_uint8(self, image: np.ndarray, finding: str | int) -> np.ndarray:
         """(S, S) uint8 image as the cache stores it → (S, S) float32 map in [0, 1]."""
         j = finding if isinstance(finding, int) else self.finding_index(finding)
-        x = self.pipeline(torch.from_numpy(np.ascontiguousarray(image))[None].to(self.device))
+        image = np.array(image, np.uint8)  # a writable copy (cache arrays are read-only maps)
+        x = self.pipeline(torch.from_numpy(image)[None].to(self.device))
         return self._heat(image, x, j)
 
     def explain_array(self, image: np.ndarray, finding: str | None = None) -> Explanation:

@@ -87,6 +87,18 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return decode_image(buf, path)
 
 
+def _imdecode(buf: np.ndarray, flags: int) -> np.ndarray | None:
+    """``cv2.imdecode`` without OpenCV's own log lines about broken files: a failure is reported
+    once, by our error, and OpenCV's level is put back afterwards (not silenced for the process)."""
+    log = cv2.utils.logging
+    previous = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_SILENT)
+    try:
+        return cv2.imdecode(buf, flags)
+    finally:
+        log.setLogLevel(previous)
+
+
 def image_kind(data: bytes | np.ndarray) -> str | None:
     """``png``, ``jpeg`` or ``dicom`` from the first bytes (magic numbers), else None."""
     head = bytes(np.asarray(data, np.uint8)[:132]) if isinstance(data, np.ndarray) else data[:132]
@@ -118,7 +130,7 @@ def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
         raise ImageReadError(f"cannot read image '{path}': the file is empty.")
     if _is_dicom(buf, path):
         return _read_dicom(buf, path)
-    img = cv2.imdecode(buf, _CV2_FLAGS)
+    img = _imdecode(buf, _CV2_FLAGS)
     if img is None:
         raise ImageReadError(
             f"cannot decode image '{path}': not a readable PNG, JPEG or DICOM file (truncated or corrupt?)."
@@ -254,7 +266,7 @@ def _dicom_frame_cv2(ds: Any, syntax: str, frames: int, path: str) -> np.ndarray
             first = next(generate_pixel_data_frame(ds.PixelData, frames))
     except Exception as e:
         raise _dicom_error(path, f"the {name} pixel data is not readable", e) from None
-    img = cv2.imdecode(np.frombuffer(first, np.uint8), _CV2_FLAGS | cv2.IMREAD_IGNORE_ORIENTATION)
+    img = _imdecode(np.frombuffer(first, np.uint8), _CV2_FLAGS | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         raise _dicom_error(path, f"OpenCV cannot decode its {name} pixel data: {_PLUGIN_HINT}")
     if img.ndim == 3:

@@ -39,6 +39,15 @@ def _as_levels(x: torch.Tensor) -> torch.Tensor:
     return (x.clamp(0, 1) * 255).round().long()
 
 
+def _histograms(levels: torch.Tensor) -> torch.Tensor:
+    """(N, K) int64 grey levels → (N, 256) int64 counts per row.
+
+    ``scatter_add`` rather than ``bincount``: the same counts, and it exports to ONNX
+    (ScatterElements with add), so models with the ``enhanced`` pipeline inside export whole."""
+    hist = torch.zeros(levels.shape[0], 256, dtype=torch.long, device=levels.device)
+    return hist.scatter_add_(1, levels, torch.ones_like(levels))
+
+
 def equalize_hist(x: torch.Tensor) -> torch.Tensor:
     """Histogram equalisation of each image, as OpenCV's ``equalizeHist``.
 
@@ -50,8 +59,7 @@ def equalize_hist(x: torch.Tensor) -> torch.Tensor:
     """
     v = _as_levels(x)
     b, h, w = v.shape
-    offsets = torch.arange(b, device=v.device).view(b, 1, 1) * 256
-    hist = torch.bincount((v + offsets).flatten(), minlength=b * 256).view(b, 256)
+    hist = _histograms(v.reshape(b, h * w))
     first = (hist > 0).float().argmax(dim=1)  # lowest grey level present
     h_first = hist.gather(1, first[:, None])
     scale = 255.0 / (h * w - h_first).clamp(min=1).float()
@@ -82,9 +90,7 @@ def clahe(x: torch.Tensor, clip_limit: float = 2.0, grid: tuple[int, int] = (8, 
         vp = F.pad(v[:, None].float(), (0, pw, 0, ph), mode="reflect")[:, 0].long()
     th, tw = vp.shape[1] // gy, vp.shape[2] // gx
     tiles = vp.view(b, gy, th, gx, tw).permute(0, 1, 3, 2, 4).reshape(b * gy * gx, th * tw)
-    n_tiles = b * gy * gx
-    offsets = torch.arange(n_tiles, device=v.device)[:, None] * 256
-    hist = torch.bincount((tiles + offsets).flatten(), minlength=n_tiles * 256).view(n_tiles, 256)
+    hist = _histograms(tiles)
     area = th * tw
     if clip_limit > 0:
         limit = max(int(clip_limit * area / 256), 1)

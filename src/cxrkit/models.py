@@ -488,9 +488,24 @@ def set_operating_points(
     return meta
 
 
+def artifact_folder(path: str | Path) -> Path:
+    """The artifact folder of ``path``: ``path`` itself, or ``path/model`` for a run folder."""
+    path = Path(path)
+    if not (path / META_FILE).is_file() and (path / "model" / META_FILE).is_file():
+        return path / "model"
+    return path
+
+
 def read_artifact_meta(folder: str | Path) -> ArtifactMeta:
-    """Read and check ``model.json`` (completeness, format version); does not touch the weights."""
-    folder = Path(folder)
+    """Read and check ``model.json`` (completeness, format version); does not touch the weights.
+
+    A run folder (holding ``model/``) stands for its model."""
+    folder = artifact_folder(folder)
+    if folder.is_file():
+        raise CxrkitError(
+            f"'{folder}' is a file: pass a model artifact folder (holding {META_FILE} and "
+            f"{WEIGHTS_FILE}) or a run folder."
+        )
     if not folder.is_dir():
         raise CxrkitError(
             f"model artifact '{folder}' does not exist: pass a folder written by training "
@@ -563,7 +578,7 @@ def load_artifact(folder: str | Path) -> tuple[torch.nn.Module, ArtifactMeta]:
         ``meta.outputs_per_label``; turn them into probabilities with :func:`probabilities`; its
         metadata).
     """
-    folder = Path(folder)
+    folder = artifact_folder(folder)
     meta = read_artifact_meta(folder)
     weights = folder / WEIGHTS_FILE
     if sha256_file(weights) != meta.weights_sha256:

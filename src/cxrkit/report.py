@@ -650,6 +650,8 @@ def _render(title: str, intro: list[str], sections: list[Section]) -> tuple[str,
 
 def _find_eval(path: Path) -> tuple[Path | None, Path]:
     """(run folder or None, evaluation folder) for a run, an evaluation folder or a metrics file."""
+    if not path.exists():
+        raise CxrkitError(f"'{path}' does not exist: pass an evaluated run folder (runs/<name>).")
     if path.is_file() and path.name == METRICS_FILE:
         path = path.parent
     if (path / METRICS_FILE).is_file():
@@ -904,7 +906,13 @@ def compare_runs(
         "confusion": totals,
         "delong": tests,
     }
-    out_dir = Path(out) if out else Path("comparison")
+    if out:
+        out_dir = Path(out)
+    else:  # beside the runs, not wherever the command happens to be typed
+        parents = {
+            (r or Path(p)).resolve().parent for (_, r, _, _), p in zip(loaded, paths, strict=True)
+        }
+        out_dir = (parents.pop() if len(parents) == 1 else Path.cwd()) / "comparison"
     out_dir.mkdir(parents=True, exist_ok=True)
     flat = [
         {k: (f"[{_fmt(v[0])}, {_fmt(v[1])}]" if isinstance(v, list) else v) for k, v in r.items()}

@@ -234,12 +234,11 @@ def _explainer_for(folder: Path, method: str, device: str, state: dict[str, Any]
 
 
 def _scrub(message: str) -> str:
-    """Error text without the server-side file names of the upload."""
-    return (
-        message.replace("'upload.dcm'", "the upload")
-        .replace("'upload.png'", "the upload")
-        .replace("'upload.jpeg'", "the upload")
-    )
+    """Error text without the server-side stand-in names of the upload."""
+    for kind in ("dcm", "png", "jpeg"):
+        message = message.replace(f"image 'upload.{kind}'", "the upload")
+        message = message.replace(f"'upload.{kind}'", "the upload")
+    return message
 
 
 def _page() -> str:
