@@ -838,7 +838,7 @@ def evaluate_cmd(
             raise CxrkitError("--localization needs the model: pass a run or artifact folder.")
         from cxrkit.explain import evaluate_localization
 
-        _, artifact = resolve_run(run)
+        run_dir, artifact = resolve_run(run)
         _quiet_lightning()
         with _progress() as bar:
             task = bar.add_task("localisation", total=None)
@@ -847,7 +847,7 @@ def evaluate_cmd(
                 localization,
                 root=images_root,
                 method=method,
-                out=out or (artifact.parent / "eval-localization"),
+                out=out or ((run_dir or artifact) / "eval-localization"),
                 progress=lambda k: bar.advance(task, k),
             )
         t = Table(
@@ -862,6 +862,7 @@ def evaluate_cmd(
         o = loc["overall"]
         t.add_row("[bold]all[/bold]", f"{o['n']:,}", _num(o["hit_rate"]), _num(o["mean_iou"]))
         console.print(t)
+        console.print(f"scores in {out or ((run_dir or artifact) / 'eval-localization')}")
         return
     if predictions is not None or labels is not None:
         if predictions is None or labels is None:
