@@ -251,3 +251,23 @@ def test_page_in_headless_chromium(live_server, browser, tmp_path):
         page.close()
     shot = cv2.imread(str(ARTIFACTS / "serve-page.png"))
     assert shot is not None and shot.std() > 5
+
+
+def test_auto_runtime_serves_the_onnx_export(artifact, tmp_path):
+    import shutil
+
+    from cxrkit.interop import export_onnx
+    from cxrkit.predict import Predictor
+
+    art = tmp_path / "model"
+    shutil.copytree(artifact, art)
+    export_onnx(art)
+    c = TestClient(create_app(art))
+    assert c.get("/model").json()["runtime"] == "onnx"
+    img = _xray(9)
+    body = c.post("/predict", files={"file": ("x.png", _png(img), "image/png")}).json()
+    expected = Predictor.from_artifact(art).predict_arrays([img])[0]
+    assert np.allclose([body["probabilities"][f] for f in LABELS], expected, atol=1e-4)
+    assert TestClient(create_app(art, runtime="torch")).get("/model").json()["runtime"] == "torch"
+    r = c.post("/explain", files={"file": ("x.png", _png(img), "image/png")})
+    assert r.status_code == 200  # heatmaps come from the torch network either way

@@ -1071,6 +1071,10 @@ def serve_cmd(
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, in MiB.")] = 32,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    runtime: Annotated[
+        str,
+        typer.Option(help="auto (onnx when the model has an export, on CPU) | torch | onnx."),
+    ] = "auto",
 ) -> None:
     """Serve the model over HTTP (FastAPI): POST /predict, POST /explain, GET /model, a page at /."""
     import uvicorn
@@ -1092,7 +1096,12 @@ def serve_cmd(
                 f"cannot listen on {host}:{port} ({e.strerror or e}): choose another --port, or "
                 "stop what is using it."
             ) from None
-    service = create_app(artifact, max_upload_bytes=int(max_upload_mb * 2**20), device=device)
+    service = create_app(
+        artifact,
+        max_upload_bytes=int(max_upload_mb * 2**20),
+        device=device,
+        runtime=runtime.lower(),
+    )
     console.print(
         f"cxrkit serving {artifact} on http://{host}:{port}/ (API docs at /docs). {NOTICE}"
     )

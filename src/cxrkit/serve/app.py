@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import cv2
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
@@ -46,6 +47,7 @@ class ModelInfo(BaseModel):
     temperature: float
     cxrkit_version: str
     model_cxrkit_version: str
+    runtime: str = Field(description="torch or onnx (predictions); heatmaps always use torch.")
     notice: str = NOTICE
 
 
@@ -71,7 +73,11 @@ _ERRORS = {
 
 
 def create_app(
-    artifact: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, device: str = "cpu"
+    artifact: str | Path,
+    *,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    device: str = "cpu",
+    runtime: str = "auto",
 ) -> FastAPI:
     """The service for one model artifact (loaded once, shared by all requests).
 
@@ -79,12 +85,21 @@ def create_app(
         artifact: a model artifact folder (or a run folder holding ``model/``).
         max_upload_bytes: larger uploads get 413.
         device: where the network runs.
+        runtime: ``torch``, ``onnx`` (the artifact's ``model.onnx``, via onnxruntime) or ``auto``:
+            onnx on the CPU when the artifact has an export, else torch. /explain always uses
+            torch (Grad-CAM needs gradients).
     """
     from cxrkit.evaluation import resolve_run
     from cxrkit.predict import Predictor
 
     _, folder = resolve_run(artifact)
-    predictor = Predictor.from_artifact(folder, device=device, batch_size=1)
+    if runtime not in ("auto", "torch", "onnx"):
+        raise CxrkitError(
+            f"The 'runtime' parameter must be one of {{auto, torch, onnx}}. Got '{runtime}' instead."
+        )
+    if runtime == "auto":
+        runtime = "onnx" if device == "cpu" and (Path(folder) / "model.onnx").is_file() else "torch"
+    predictor = Predictor.from_artifact(folder, runtime=runtime, device=device, batch_size=1)
     meta = predictor.meta
     state: dict[str, Any] = {"explainer": None, "started": time.time()}
     explainer_lock = threading.Lock()
@@ -120,7 +135,9 @@ def create_app(
             )
         try:
             # the upload's own name is not used: it may carry patient details
-            image = decode_image(data, "upload.dcm" if kind == "dicom" else f"upload.{kind}")
+            image = await run_in_threadpool(
+                decode_image, data, "upload.dcm" if kind == "dicom" else f"upload.{kind}"
+            )
         except (ImageReadError, CxrkitError) as e:
             raise HTTPException(422, _scrub(str(e))) from None
         except Exception:  # a decoder's internal failure on hostile bytes is still bad input
@@ -154,6 +171,7 @@ def create_app(
             temperature=float(meta.temperature),
             cxrkit_version=__version__,
             model_cxrkit_version=meta.cxrkit_version,
+            runtime=runtime,
         )
 
     @app.post("/predict", response_model=Prediction, responses=_ERRORS)
@@ -161,7 +179,8 @@ def create_app(
         file: Annotated[UploadFile, File(description="A PNG, JPEG or DICOM chest X-ray.")],
     ) -> Prediction:
         image, kind = await read_image(file)
-        probs = predictor.predict_arrays([image])[0]
+        # off the event loop: /health and new uploads are served while the network runs
+        probs = (await run_in_threadpool(predictor.predict_arrays, [image]))[0]
         thresholds = dict(meta.thresholds)
         return Prediction(
             probabilities={f: float(p) for f, p in zip(meta.labels, probs, strict=True)},
@@ -190,14 +209,14 @@ def create_app(
         if method not in METHODS:
             raise HTTPException(422, f"method must be one of {', '.join(METHODS)}; got '{method}'")
         image, _ = await read_image(file)
-        ex = explainer()
+        ex = await run_in_threadpool(explainer)
         if finding is not None:
             try:
                 ex.finding_index(finding)
             except CxrkitError as e:
                 raise HTTPException(422, str(e)) from None
         cam = ex if method == ex.method else _explainer_for(folder, method, device, state)
-        result = cam.explain_array(image, finding)
+        result = await run_in_threadpool(cam.explain_array, image, finding)
         rgb = overlay(result["gray"], result["heatmap_image"])
         h, w = rgb.shape[:2]
         scale = MAX_OVERLAY_SIDE / max(h, w)
