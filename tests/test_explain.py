@@ -357,8 +357,9 @@ def test_channels_last_and_no_grad_callers_get_the_same_map():
     cl_model = timm.create_model("test_efficientnet", num_classes=2)
     cl_model.load_state_dict(model.state_dict())
     cl_model = cl_model.to(memory_format=torch.channels_last)
+    # channels_last convolutions sum in another order: maps in [0, 1] agree to float32 noise
     np.testing.assert_allclose(
-        GradCAM(cl_model)(x.to(memory_format=torch.channels_last), 0), reference, atol=1e-5
+        GradCAM(cl_model)(x.to(memory_format=torch.channels_last), 0), reference, atol=1e-4
     )
     with torch.no_grad():
         np.testing.assert_allclose(GradCAM(model)(x, 0), reference, atol=1e-6)

@@ -961,7 +961,7 @@ def compare_cmd(
         t.add_row(
             r["run"],
             str(r["model"]),
-            "" if r["enhancement layers"] is None else str(r["enhancement layers"]),
+            {None: "", True: "yes", False: "no"}[r["enhancement layers"]],
             _ci_text(r["multilabel AUC"], r["multilabel AUC CI"]),
             *[_num(r[f"{f} AUC"]) for f in findings],
             _num(r["accuracy"]),
@@ -1125,7 +1125,7 @@ def demo_cmd(
     ] = None,
 ) -> None:
     """The pipeline end to end on CPU: synthetic data (or --dataset) → index → labels → split →
-    cache → train → held-out AUC against the planted truth."""
+    cache → train → held-out AUC against the planted truth → evaluation with CIs → HTML report."""
     from cxrkit.cache import build_cache
     from cxrkit.datasets import build_index
     from cxrkit.datasets.synthetic import generate

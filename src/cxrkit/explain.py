@@ -755,7 +755,13 @@ def read_box_table(path: str | Path, root: str | Path | None = None) -> pd.DataF
             "(Image Index, Finding Label, x, y, w, h)."
         )
     locations = image_locations(Path(root)) if root is not None else _SameName()
-    table = read_boxes(path, locations)
+    try:
+        table = read_boxes(path, locations)
+    except CxrkitError as e:
+        raise CxrkitError(
+            f"'{path}' does not read as a BBox_List_2017.csv-format box file (Image Index, Finding "
+            f"Label, x, y, w, h): {str(e).removeprefix(f'{path}: ')}"
+        ) from None
     return table.loc[:, list(BOX_COLUMNS)].reset_index(drop=True)
 
 
