@@ -10,8 +10,10 @@ parent handles it and ends the pool) and, on Linux, die with the parent.
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing as mp
 import os
+import threading
 from collections.abc import Iterator
 from multiprocessing.pool import Pool
 
@@ -69,5 +71,29 @@ def process_pool(workers: int) -> Iterator[Pool]:
         yield pool
         pool.close()
     finally:
+        _shut_down(pool)
+
+
+def _shut_down(pool: Pool, timeout: float = 20.0) -> None:
+    """Stop a pool without risking a hang.
+
+    ``Pool.terminate()`` can wait forever when the pool's task-feeding thread is blocked writing to
+    a full task pipe whose readers are gone (seen when a build was interrupted with many chunks
+    still queued). ``terminate``/``join`` therefore get a deadline in a helper thread; past it the
+    workers are killed and the pool's own daemon threads are left behind, never the caller.
+    """
+
+    def stop() -> None:
         pool.terminate()
         pool.join()
+
+    t = threading.Thread(target=stop, name="cxrkit-pool-shutdown", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        for proc in list(getattr(pool, "_pool", None) or []):
+            with contextlib.suppress(Exception):
+                proc.kill()
+        logging.getLogger(__name__).debug(
+            "worker pool did not stop in %.0f s; left behind", timeout
+        )
