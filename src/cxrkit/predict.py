@@ -18,7 +18,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -50,19 +49,6 @@ def decision_column(finding: str) -> str:
 
 
 # ---- inputs --------------------------------------------------------------------------------------
-
-
-_DICOM_LOCK = threading.Lock()
-
-
-def _may_be_dicom(path: Path) -> bool:
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as f:
-            return f.read(132)[128:132] == b"DICM"
-    except OSError:
-        return False
 
 
 def _is_suffixless_dicom(path: Path) -> bool:
@@ -292,11 +278,7 @@ class Predictor:
 
     def _load(self, path: Path) -> np.ndarray | str:
         try:
-            if _may_be_dicom(path):
-                # imaging silences pydicom with warnings.catch_warnings and a logger flag, which
-                # are process-wide: threads must not interleave them. PNG/JPEG run in parallel.
-                with _DICOM_LOCK:
-                    return load_for_cache(path, self.size, self.meta.fit)
+            # DICOM reads are serialised inside cxrkit.imaging (pydicom's quieting is process-wide)
             return load_for_cache(path, self.size, self.meta.fit)
         except (ImageReadError, OSError) as e:
             return str(e)

@@ -101,8 +101,9 @@ def create_app(
         runtime = "onnx" if device == "cpu" and (Path(folder) / "model.onnx").is_file() else "torch"
     predictor = Predictor.from_artifact(folder, runtime=runtime, device=device, batch_size=1)
     meta = predictor.meta
-    state: dict[str, Any] = {"explainer": None, "started": time.time()}
-    explainer_lock = threading.Lock()
+    started = time.time()
+    explainers: dict[str, Any] = {}  # one per Grad-CAM method, made on first use
+    explainers_lock = threading.Lock()
 
     app = FastAPI(
         title="cxrkit",
@@ -146,17 +147,17 @@ def create_app(
             raise HTTPException(422, f"the {kind.upper()} image is empty or not 2-D")
         return image, kind
 
-    def explainer():
+    def explainer(method: str):
         from cxrkit.explain import Explainer
 
-        with explainer_lock:
-            if state["explainer"] is None:
-                state["explainer"] = Explainer(folder, device=device)
-        return state["explainer"]
+        with explainers_lock:
+            if method not in explainers:
+                explainers[method] = Explainer(folder, method=method, device=device)
+        return explainers[method]
 
     @app.get("/health", response_model=Health)
     def health() -> Health:
-        return Health(status="ok", uptime_s=round(time.time() - state["started"], 1))
+        return Health(status="ok", uptime_s=round(time.time() - started, 1))
 
     @app.get("/model", response_model=ModelInfo)
     def model_info() -> ModelInfo:
@@ -209,14 +210,13 @@ def create_app(
         if method not in METHODS:
             raise HTTPException(422, f"method must be one of {', '.join(METHODS)}; got '{method}'")
         image, _ = await read_image(file)
-        ex = await run_in_threadpool(explainer)
+        ex = await run_in_threadpool(explainer, method)
         if finding is not None:
             try:
                 ex.finding_index(finding)
             except CxrkitError as e:
                 raise HTTPException(422, str(e)) from None
-        cam = ex if method == ex.method else _explainer_for(folder, method, device, state)
-        result = await run_in_threadpool(cam.explain_array, image, finding)
+        result = await run_in_threadpool(ex.explain_array, image, finding)
         rgb = overlay(result["gray"], result["heatmap_image"])
         h, w = rgb.shape[:2]
         scale = MAX_OVERLAY_SIDE / max(h, w)
@@ -239,17 +239,6 @@ def create_app(
         return HTMLResponse(_page())
 
     return app
-
-
-def _explainer_for(folder: Path, method: str, device: str, state: dict[str, Any]):
-    """One Explainer per Grad-CAM method, made on first use and kept."""
-    from cxrkit.explain import Explainer
-
-    key = f"explainer-{method}"
-    with state.setdefault("lock", threading.Lock()):
-        if key not in state:
-            state[key] = Explainer(folder, method=method, device=device)
-    return state[key]
 
 
 def _scrub(message: str) -> str:
