@@ -1,7 +1,7 @@
 """Cache build rate: images/s (and per core) decoding + resizing to 224 px, and bytes per cached image.
 
 Usage: uv run python bench/bench_cache.py [--n-jpeg 2000] [--n-png 300] [--size 224] [--workers 1 2]
-Datasets are synthetic (``cxrkit.datasets.synthetic.generate``, not timed): CheXpert layout at 320 px
+Datasets are synthetic (``cxrkit.synthetic.layouts.generate``, not timed): CheXpert layout at 320 px
 (JPEG, like CheXpert-small) and NIH layout at 1024 px (PNG, like ChestX-ray14). Each build starts
 from an empty folder; the source files are in the page cache (just written), so the figures are
 decode + resize + write, not disk reads. With one worker OpenCV is held to one thread, so "per core"
@@ -20,9 +20,9 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
-from cxrkit.cache import build_cache  # noqa: E402
-from cxrkit.datasets import build_index  # noqa: E402
-from cxrkit.datasets.synthetic import generate  # noqa: E402
+from cxrkit.data.adapters import build_index  # noqa: E402
+from cxrkit.data.cache import build_cache  # noqa: E402
+from cxrkit.synthetic.layouts import generate  # noqa: E402
 
 DATASETS = (("chexpert", 320, "JPEG", "n_jpeg"), ("nih", 1024, "PNG", "n_png"))
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED_DATA, report  # noqa: E402
-from cxrkit.datasets import build_index  # noqa: E402
-from cxrkit.labels import PRESETS  # noqa: E402
+from cxrkit.data.adapters import build_index  # noqa: E402
+from cxrkit.data.labels import PRESETS  # noqa: E402
 
 
 def main() -> None:

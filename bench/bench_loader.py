@@ -25,12 +25,12 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
-from cxrkit.cache import build_cache, open_cache  # noqa: E402
-from cxrkit.data import CacheDataset, _collate  # noqa: E402
-from cxrkit.datasets import build_index  # noqa: E402
-from cxrkit.datasets.synthetic import generate  # noqa: E402
-from cxrkit.imaging import load_for_cache  # noqa: E402
-from cxrkit.inputs import InputPipeline  # noqa: E402
+from cxrkit.data.adapters import build_index  # noqa: E402
+from cxrkit.data.cache import build_cache, open_cache  # noqa: E402
+from cxrkit.data.imaging import load_for_cache  # noqa: E402
+from cxrkit.data.inputs import InputPipeline  # noqa: E402
+from cxrkit.data.loader import CacheDataset, _collate  # noqa: E402
+from cxrkit.synthetic.layouts import generate  # noqa: E402
 
 
 class FileDataset(Dataset):

@@ -1,4 +1,4 @@
-"""Time the full evaluation (`cxrkit.metrics.evaluate`) on a CheXpert-sized synthetic test set.
+"""Time the full evaluation (`cxrkit.evaluate.metrics.evaluate`) on a CheXpert-sized synthetic test set.
 
 Usage: uv run python bench/bench_metrics.py [--images 200000] [--patients 65000] [--boot 1000]
     [--workers 1,2] [--repeat 1]
@@ -26,9 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
-from cxrkit.findings import CHEXPERT_FINDINGS  # noqa: E402
-from cxrkit.metrics import evaluate  # noqa: E402
-from cxrkit.parallel import usable_cores  # noqa: E402
+from cxrkit.core.findings import CHEXPERT_FINDINGS  # noqa: E402
+from cxrkit.core.parallel import usable_cores  # noqa: E402
+from cxrkit.evaluate.metrics import evaluate  # noqa: E402
 
 
 def synthetic(n_images: int, n_patients: int, seed: int = 0):

@@ -21,9 +21,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED_DATA, report  # noqa: E402
-from cxrkit.datasets import build_index  # noqa: E402
-from cxrkit.labels import LabelPolicy  # noqa: E402
-from cxrkit.splits import make_splits, positives, split_report  # noqa: E402
+from cxrkit.data.adapters import build_index  # noqa: E402
+from cxrkit.data.labels import LabelPolicy  # noqa: E402
+from cxrkit.data.splits import make_splits, positives, split_report  # noqa: E402
 
 FRACTIONS = (0.7, 0.1, 0.2)
 NAMES = ["train", "val", "test"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
-from cxrkit.datasets.synthetic import generate  # noqa: E402
+from cxrkit.synthetic.layouts import generate  # noqa: E402
 
 
 def main() -> None:

@@ -20,14 +20,15 @@ import lightning as L
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
-from cxrkit.cache import build_cache  # noqa: E402
-from cxrkit.config import load_config  # noqa: E402
-from cxrkit.datasets import build_index  # noqa: E402
-from cxrkit.datasets.synthetic import generate  # noqa: E402
-from cxrkit.index import write_index  # noqa: E402
-from cxrkit.labels import LabelPolicy  # noqa: E402
-from cxrkit.splits import make_splits, write_splits  # noqa: E402
-from cxrkit.train import CXRModule, make_datamodule  # noqa: E402
+from cxrkit.core.config import load_config  # noqa: E402
+from cxrkit.data.adapters import build_index  # noqa: E402
+from cxrkit.data.cache import build_cache  # noqa: E402
+from cxrkit.data.index import write_index  # noqa: E402
+from cxrkit.data.labels import LabelPolicy  # noqa: E402
+from cxrkit.data.loader import make_datamodule  # noqa: E402
+from cxrkit.data.splits import make_splits, write_splits  # noqa: E402
+from cxrkit.synthetic.layouts import generate  # noqa: E402
+from cxrkit.train.loop import CXRModule  # noqa: E402
 
 
 class StepTimer(L.Callback):

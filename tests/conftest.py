@@ -99,8 +99,9 @@ def tiny_artifact(
     """A random-weight model artifact for tests (``head_scale`` spreads the probabilities)."""
     import torch
 
-    from cxrkit.inputs import IMAGENET_MEAN, IMAGENET_STD
-    from cxrkit.models import create_model, save_artifact
+    from cxrkit.data.inputs import IMAGENET_MEAN, IMAGENET_STD
+    from cxrkit.model.artifact import save_artifact
+    from cxrkit.model.networks import create_model
 
     torch.manual_seed(seed)
     k = 3 if output == "multiclass" else 1

@@ -1,3 +1,3 @@
-from cxrkit.cli import main
+from cxrkit.cli.app import main
 
 main()
