@@ -1080,8 +1080,8 @@ def serve_cmd(
     """Serve the model over HTTP (FastAPI): POST /predict, POST /explain, GET /model, a page at /."""
     import uvicorn
 
-    from cxrkit.use.serve import create_app
     from cxrkit.core.notice import NOTICE
+    from cxrkit.use.serve import create_app
 
     if not 0 < port < 65536:
         raise CxrkitError(f"--port must be between 1 and 65535; got {port}.")

@@ -2,6 +2,9 @@
 
 Three steps, each a plain function, so that the cache and any other caller decode alike:
 
+0. :func:`cxrkit.data.image_gate.check_image` reads the size the file declares and refuses a file
+   that is too large (decompression bombs), truncated, or not PNG/JPEG/DICOM, before any pixel
+   buffer is allocated; the decoded shape is checked against the declared one.
 1. :func:`read_image` decodes a file to a 2-D array at its own resolution: ``uint8`` when the file
    already holds display values (8-bit PNG/JPEG, 8-bit DICOM, or any DICOM after its VOI LUT or
    window), ``uint16`` for 16-bit PNG and unwindowed >8-bit DICOM, ``float32`` for DICOM values
@@ -18,19 +21,23 @@ See ``docs/cache.md`` for the rules and the reasons.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import io
 import logging
 import os
-import threading
-import warnings
-from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
 
 from cxrkit.core.errors import CxrkitError, did_you_mean
+from cxrkit.data.image_gate import (
+    Declared,
+    ImageReadError,
+    check_decoded,
+    check_image,
+    quiet_pydicom,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +61,10 @@ _CV2_DICOM_SYNTAXES = {
 _PLUGIN_HINT = "install a pydicom decoder plugin, e.g. `pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg`"
 
 
-class ImageReadError(CxrkitError):
-    """An image file that cannot be decoded (missing, truncated, or of an unsupported kind)."""
-
-
 # ---- reading -------------------------------------------------------------------------------------
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> np.ndarray:
     """Decode a PNG, JPEG or DICOM file to a 2-D grayscale array, bright = dense.
 
     The kind is told by the DICOM magic (``DICM`` at byte 128) or a DICOM suffix; anything else
@@ -71,20 +74,22 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
 
     Args:
         path: the image file.
+        max_pixels: refuse images that declare more pixels (default: ``$CXRKIT_MAX_PIXELS`` or
+            64 MP; see :mod:`cxrkit.data.image_gate`), before any pixel buffer is allocated.
 
     Returns:
         ``(H, W)`` array: ``uint8`` (display values), ``uint16`` (16-bit PNG, unwindowed DICOM) or
         ``float32`` (rescaled DICOM with no window).
 
     Raises:
-        ImageReadError: the file is missing or cannot be decoded.
+        ImageReadError: the file is missing, too large, truncated or cannot be decoded.
     """
     path = os.fspath(path)
     try:
         buf = np.fromfile(path, np.uint8)
     except OSError as e:
         raise ImageReadError(f"cannot read image '{path}': {e.strerror or e}.") from None
-    return decode_image(buf, path)
+    return decode_image(buf, path, max_pixels=max_pixels)
 
 
 def _imdecode(buf: np.ndarray, flags: int) -> np.ndarray | None:
@@ -99,49 +104,36 @@ def _imdecode(buf: np.ndarray, flags: int) -> np.ndarray | None:
         log.setLogLevel(previous)
 
 
-def image_kind(data: bytes | np.ndarray) -> str | None:
-    """``png``, ``jpeg`` or ``dicom`` from the first bytes (magic numbers), else None."""
-    head = bytes(np.asarray(data, np.uint8)[:132]) if isinstance(data, np.ndarray) else data[:132]
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
-    return None
-
-
-def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
+def decode_image(
+    data: bytes | np.ndarray, name: str = "<bytes>", *, max_pixels: int | None = None
+) -> np.ndarray:
     """Decode an image held in memory (an upload, say) as :func:`read_image` decodes a file.
 
     Args:
         data: the file's bytes.
         name: what to call it in error messages (a DICOM suffix here also marks DICOM).
+        max_pixels: the pixel limit, as :func:`read_image`.
 
     Returns:
         ``(H, W)`` grayscale array, as :func:`read_image`.
 
     Raises:
-        ImageReadError: the bytes are empty or cannot be decoded.
+        ImageReadError: the bytes are empty, too large, truncated or cannot be decoded.
     """
     path = name
     buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray)) else data
-    if buf.size == 0:
-        raise ImageReadError(f"cannot read image '{path}': the file is empty.")
-    if _is_dicom(buf, path):
-        return _read_dicom(buf, path)
+    declared = check_image(buf, path, max_pixels)  # before any pixel buffer is allocated
+    if declared.kind == "dicom":
+        return _read_dicom(buf, path, declared)
     img = _imdecode(buf, _CV2_FLAGS)
     if img is None:
         raise ImageReadError(
             f"cannot decode image '{path}': not a readable PNG, JPEG or DICOM file (truncated or corrupt?)."
         )
+    if declared.kind == "jpeg" and img.shape[:2] == (declared.width, declared.height):
+        declared = dataclasses.replace(declared, width=declared.height, height=declared.width)
+    check_decoded(img, declared, path)  # (EXIF orientation may have turned a JPEG: allowed above)
     return _to_gray(img, path)
-
-
-def _is_dicom(buf: np.ndarray, path: str) -> bool:
-    return (buf.size >= 132 and buf[128:132].tobytes() == b"DICM") or path.lower().endswith(
-        DICOM_SUFFIXES
-    )
 
 
 def _to_gray(img: np.ndarray, path: str) -> np.ndarray:
@@ -182,32 +174,12 @@ def _dicom_error(path: str, what: str, e: BaseException | None = None) -> ImageR
     return ImageReadError(f"cannot decode DICOM '{path}': {what}{detail}.")
 
 
-_PYDICOM_QUIET = threading.RLock()
+def _read_dicom(buf: np.ndarray, path: str, declared: Declared) -> np.ndarray:
+    with quiet_pydicom():
+        return _read_dicom_quietly(buf, path, declared)
 
 
-@contextlib.contextmanager
-def _quiet_pydicom() -> Iterator[None]:
-    """Silence pydicom's warnings while reading: they can quote header values (names, dates).
-
-    The warning filters and the logger switch are process-wide, so DICOM reads are serialised by a
-    lock (threads of the web service or of ``predict`` decode DICOM concurrently)."""
-    logger = logging.getLogger("pydicom")
-    with _PYDICOM_QUIET, warnings.catch_warnings():
-        disabled = logger.disabled
-        warnings.simplefilter("ignore")
-        logger.disabled = True
-        try:
-            yield
-        finally:
-            logger.disabled = disabled
-
-
-def _read_dicom(buf: np.ndarray, path: str) -> np.ndarray:
-    with _quiet_pydicom():
-        return _read_dicom_quietly(buf, path)
-
-
-def _read_dicom_quietly(buf: np.ndarray, path: str) -> np.ndarray:
+def _read_dicom_quietly(buf: np.ndarray, path: str, declared: Declared) -> np.ndarray:
     import pydicom
 
     try:
@@ -216,7 +188,8 @@ def _read_dicom_quietly(buf: np.ndarray, path: str) -> np.ndarray:
         raise _dicom_error(path, "not a readable DICOM file", e) from None
     if "PixelData" not in ds:
         raise _dicom_error(path, "it holds no pixel data (PixelData)")
-    arr = _dicom_first_frame(ds, path)
+    arr = _dicom_first_frame(ds, path, declared.frames)
+    check_decoded(arr, declared, path)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if arr.ndim == 3:  # colour: RGB after pydicom's YBR conversion; LUTs are for monochrome only
         if arr.shape[2] != 3:
@@ -229,9 +202,8 @@ def _read_dicom_quietly(buf: np.ndarray, path: str) -> np.ndarray:
     return _dicom_to_display(arr, ds, photometric == "MONOCHROME1", path)
 
 
-def _dicom_first_frame(ds: Any, path: str) -> np.ndarray:
+def _dicom_first_frame(ds: Any, path: str, frames: int) -> np.ndarray:
     """Stored values of the first frame, shape (R, C) or (R, C, 3)."""
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
     try:
         try:
             from pydicom.pixels import pixel_array
@@ -499,7 +471,9 @@ def resize_square(img: np.ndarray, size: int, fit: str = "pad") -> np.ndarray:
     return out
 
 
-def load_for_cache(path: str | os.PathLike[str], size: int, fit: str = "pad") -> np.ndarray:
+def load_for_cache(
+    path: str | os.PathLike[str], size: int, fit: str = "pad", *, max_pixels: int | None = None
+) -> np.ndarray:
     """Decode, map to ``uint8`` and resize one image: what the cache stores for it.
 
     Returns:
@@ -508,4 +482,4 @@ def load_for_cache(path: str | os.PathLike[str], size: int, fit: str = "pad") ->
     Raises:
         ImageReadError: the file cannot be decoded.
     """
-    return resize_square(to_uint8(read_image(path)), size, fit)
+    return resize_square(to_uint8(read_image(path, max_pixels=max_pixels)), size, fit)

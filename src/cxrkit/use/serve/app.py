@@ -19,7 +19,8 @@ from pydantic import BaseModel, Field
 from cxrkit import __version__
 from cxrkit.core.errors import CxrkitError
 from cxrkit.core.notice import NOTICE
-from cxrkit.data.imaging import ImageReadError, decode_image, image_kind
+from cxrkit.data.image_gate import ImageReadError, image_kind
+from cxrkit.data.imaging import decode_image
 
 log = logging.getLogger(__name__)
 
