@@ -19,6 +19,7 @@ Error texts name header fields, never their values: a DICOM header holds patient
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -62,6 +63,8 @@ class Declared:
     frames: int = 1
     samples: int = 1
     bits: int = 8
+    #: what is wrong with the data besides its size (truncation), reported after the size check
+    defect: str | None = None
 
     @property
     def pixels(self) -> int:
@@ -123,9 +126,10 @@ def _png(buf: bytes, path: str) -> Declared:
     width, height, bits, colour = struct.unpack(">IIBB", buf[16:26])
     if colour not in _PNG_SAMPLES or bits not in (1, 2, 4, 8, 16):
         raise _bad(path, "PNG header with an invalid colour type or bit depth (corrupt?)")
-    if b"IEND" not in buf[-4096:]:
-        raise _bad(path, "PNG data ends early: no IEND chunk (truncated file?)")
-    return Declared("png", width, height, samples=_PNG_SAMPLES[colour], bits=bits)
+    defect = (
+        None if b"IEND" in buf[-4096:] else "PNG data ends early: no IEND chunk (truncated file?)"
+    )
+    return Declared("png", width, height, samples=_PNG_SAMPLES[colour], bits=bits, defect=defect)
 
 
 # ---- JPEG ----------------------------------------------------------------------------------------
@@ -147,23 +151,27 @@ def _jpeg(buf: bytes, path: str) -> Declared:
         (length,) = struct.unpack(">H", buf[i + 2 : i + 4])
         if length < 2:
             raise _bad(path, "JPEG segment with an invalid length (corrupt file?)")
-        if marker in _SOF_MARKERS:
-            if i + 10 > n:
-                break
+        if marker in _SOF_MARKERS and i + 10 <= n:
             bits, height, width, comps = struct.unpack(">BHHB", buf[i + 4 : i + 10])
+            if height == 0:
+                raise _bad(
+                    path, "JPEG whose height is defined after the scan (DNL) is not supported"
+                )
             frame = Declared("jpeg", width, height, samples=max(1, comps), bits=bits)
         if marker == 0xDA:  # start of scan: entropy-coded data follows
             if frame is None:
                 raise _bad(path, "JPEG scan before any frame header (corrupt file?)")
-            if frame.height == 0:
-                raise _bad(
-                    path, "JPEG whose height is defined after the scan (DNL) is not supported"
-                )
-            if b"\xff\xd9" not in buf[i + 2 + length :]:
-                raise _bad(path, "JPEG data ends early: no end-of-image marker (truncated file?)")
-            return frame
+            if b"\xff\xd9" in buf[i + 2 + length :]:
+                return frame
+            return dataclasses.replace(
+                frame, defect="JPEG data ends early: no end-of-image marker (truncated file?)"
+            )
         i += 2 + length
-    raise _bad(path, "JPEG data ends before its first scan (truncated file?)")
+    if frame is None:
+        raise _bad(path, "JPEG data ends before its frame header (truncated or corrupt file?)")
+    return dataclasses.replace(
+        frame, defect="JPEG data ends before its first scan (truncated file?)"
+    )
 
 
 # ---- DICOM ---------------------------------------------------------------------------------------
@@ -322,6 +330,8 @@ def check_image(
             + f", over the limit of {limit:,} pixels (raise it with --max-pixels or "
             f"{MAX_PIXELS_ENV} if the image is real)",
         )
+    if declared.defect:
+        raise _bad(name, declared.defect)
     return declared
 
 
