@@ -271,3 +271,33 @@ def test_real_nih_images_cache_like_direct_decoding(shared_data: Path, tmp_path:
     for i in (0, 59, 119):
         expected = load_for_cache(index.root / index.frame["path"][i], 48, "crop")
         assert np.array_equal(cache.images[i], expected)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "overwrite", "grow"])
+def test_a_damaged_cache_is_refused_on_open_and_rebuilt_by_build(
+    index: Index, tmp_path: Path, damage: str
+):
+    info = build_cache(index, tmp_path, size=32, workers=1)
+    good = np.array(open_cache(info.path).images)
+    images = info.path / IMAGES_FILE
+    raw = images.read_bytes()
+    if damage == "truncate":  # the case: a kill or a full disk while copying
+        images.write_bytes(raw[: len(raw) // 2])
+    elif damage == "overwrite":  # same size, a region zeroed
+        images.write_bytes(raw[: len(raw) - 5000] + b"\x00" * 5000)
+    else:
+        images.write_bytes(raw + b"\x00" * 100)
+    with pytest.raises(CxrkitError, match="is damaged") as e:
+        open_cache(info.path)
+    assert "\n" not in str(e.value) and "cxrkit cache" in str(e.value)
+    again = build_cache(index, tmp_path, size=32, workers=1)
+    assert again.path == info.path and again.decoded == len(index)
+    np.testing.assert_array_equal(np.array(open_cache(info.path).images), good)
+
+
+def test_the_manifest_records_the_arrays_checksum(index: Index, tmp_path: Path):
+    info = build_cache(index, tmp_path, size=32, workers=1)
+    manifest = json.loads((info.path / MANIFEST_FILE).read_text())
+    digest = manifest["images_digest"]
+    assert digest["bytes"] == (info.path / IMAGES_FILE).stat().st_size
+    assert len(digest["sample_sha256"]) == 64

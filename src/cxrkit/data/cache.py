@@ -257,6 +257,36 @@ def _info(
     )
 
 
+def _sample_digest(path: Path) -> dict[str, Any]:
+    """Size and a cheap checksum of a large file: sha256 over 64 KiB blocks at 33 evenly spaced
+    offsets (the first and the last included). Catches truncation, a zeroed or overwritten region
+    of any real size, and a file swapped for another, in milliseconds whatever the cache's size."""
+    size = path.stat().st_size
+    block = 1 << 16
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        for k in range(33):
+            f.seek(max(0, (size - block) * k // 32))
+            digest.update(f.read(block))
+    return {"bytes": size, "sample_sha256": digest.hexdigest()}
+
+
+def _damage(folder: Path, manifest: dict[str, Any]) -> str | None:
+    """What is wrong with a complete cache's array on disk, or None when it is as it was written."""
+    images = folder / IMAGES_FILE
+    shape, offset = _npy_layout(images)
+    if shape is None or list(shape) != list(manifest.get("shape", [])):
+        return f"{IMAGES_FILE} is not the {manifest.get('shape')} uint8 array its manifest names"
+    want = offset + int(np.prod(shape))
+    have = images.stat().st_size
+    if have != want:
+        return f"{IMAGES_FILE} has {have:,} bytes, {want:,} expected (truncated or overwritten)"
+    recorded = manifest.get("images_digest")
+    if recorded and _sample_digest(images) != recorded:
+        return f"{IMAGES_FILE} differs from what was written (its checksum does not match)"
+    return None
+
+
 def _complete_manifest(folder: Path, key: str) -> dict[str, Any] | None:
     path = folder / MANIFEST_FILE
     if not path.is_file():
@@ -268,6 +298,13 @@ def _complete_manifest(folder: Path, key: str) -> dict[str, Any] | None:
     if manifest.get("key") != key or manifest.get("complete") is not True:
         return None
     if not (folder / IMAGES_FILE).is_file() or not (folder / ROWS_FILE).is_file():
+        return None
+    problem = _damage(folder, manifest)
+    if problem is not None:
+        # a damaged complete cache is built again from the start (its journal is gone)
+        log.warning("cache '%s' is damaged (%s): building it again", folder, problem)
+        for name in (MANIFEST_FILE, IMAGES_FILE, ROWS_FILE, JOURNAL_FILE):
+            (folder / name).unlink(missing_ok=True)
         return None
     # A journal left by a kill between the manifest and the clean-up.
     (folder / JOURNAL_FILE).unlink(missing_ok=True)
@@ -338,14 +375,20 @@ def _json_or_none(line: str) -> dict[str, Any] | None:
 
 
 def _npy_layout(path: Path) -> tuple[tuple[int, ...] | None, int]:
-    """The shape of a uint8 .npy file (None if it is not one) and where its data starts."""
+    """The shape of a uint8 .npy file (None if it is not one) and where its data starts.
+
+    Read from the header alone, so that a truncated file still tells what it should hold."""
+    fmt = np.lib.format
     try:
-        arr = np.load(path, mmap_mode="r")
-    except (OSError, ValueError):
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+            offset = f.tell()
+    except (OSError, ValueError, EOFError):
         return None, 0
-    shape, offset, ok = arr.shape, int(getattr(arr, "offset", 0)), arr.dtype == np.uint8
-    del arr
-    return (tuple(shape) if ok else None), offset
+    ok = dtype == np.uint8 and not fortran
+    return (tuple(int(s) for s in shape) if ok else None), offset
 
 
 def _chunks(todo: Sequence[int], n_chunks_hint: int, chunk_size: int | None) -> list[list[int]]:
@@ -484,6 +527,7 @@ def _finish(
         "dataset": index.meta.get("dataset"),
         "cxrkit_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "images_digest": _sample_digest(folder / IMAGES_FILE),
         "complete": True,
     }
     write_text_atomic(folder / MANIFEST_FILE, json.dumps(manifest, indent=2))
@@ -525,13 +569,13 @@ def open_cache(path: str | os.PathLike[str], index: Index | None = None) -> Cach
                 f"'{root}'); build one with `cxrkit cache INDEX --size {manifest['settings']['size']} "
                 f"--fit {manifest['settings']['fit']} --out {folder.parent}`."
             )
-    shape = tuple(manifest["shape"])
-    images = np.load(folder / IMAGES_FILE, mmap_mode="r")
-    if images.shape != shape or images.dtype != np.uint8:
+    problem = _damage(folder, manifest)
+    if problem is not None:
         raise CxrkitError(
-            f"cache '{folder}' is damaged: {IMAGES_FILE} holds {images.shape} {images.dtype}, the "
-            f"manifest says {shape} uint8. Delete the folder and run `cxrkit cache` again."
+            f"cache '{folder}' is damaged: {problem}. Run the same `cxrkit cache` command again "
+            "to rebuild it."
         )
+    images = np.load(folder / IMAGES_FILE, mmap_mode="r")
     rows = pd.read_parquet(folder / ROWS_FILE)
     return Cache(path=folder, images=images, rows=rows, manifest=manifest)
 
