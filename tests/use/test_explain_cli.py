@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, tiny_artifact
+from cxrkit.evaluate.localization import evaluate_localization
 from cxrkit.synthetic.layouts import generate
-from cxrkit.use.explain import Explainer, evaluate_localization
+from cxrkit.use.explain import Explainer
 
 LABELS = ("Cardiomegaly", "Pleural Effusion", "Nodule", "Mass")
 
