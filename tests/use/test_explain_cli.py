@@ -60,6 +60,7 @@ def test_explainer_default_is_the_most_probable_finding(setup):
     r = ex.explain_file(image)
     assert r["finding"] == LABELS[int(np.argmax(r["probabilities"]))]
     assert r["heatmap"].shape == (64, 64) and 0 <= r["heatmap"].min() <= r["heatmap"].max() <= 1
+    assert r.finding == r["finding"] and r.heatmap_image.shape == r.gray.shape
 
 
 def test_localization_scores_on_the_synthetic_boxes(setup, run_cli, tmp_path):
