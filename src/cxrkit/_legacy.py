@@ -72,7 +72,12 @@ MOVED: dict[str, tuple[str, ...]] = {
     ),
     "cxrkit.metrics": ("cxrkit.evaluate.metrics",),
     "cxrkit.evaluation": ("cxrkit.evaluate.evaluate", "cxrkit.model.artifact"),
-    "cxrkit.explain": ("cxrkit.use.explain", "cxrkit.evaluate.localization"),
+    "cxrkit.explain": (
+        "cxrkit.use.explain",
+        "cxrkit.model.cam",
+        "cxrkit.evaluate.localization",
+        "cxrkit.data.boxes",
+    ),
     "cxrkit.predict": ("cxrkit.use.predict",),
     "cxrkit.serve": ("cxrkit.use.serve",),
     "cxrkit.serve.app": ("cxrkit.use.serve.app",),

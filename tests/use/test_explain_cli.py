@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, tiny_artifact
+from cxrkit.evaluate.localization import evaluate_localization
 from cxrkit.synthetic.layouts import generate
-from cxrkit.use.explain import Explainer, evaluate_localization
+from cxrkit.use.explain import Explainer
 
 LABELS = ("Cardiomegaly", "Pleural Effusion", "Nodule", "Mass")
 
@@ -59,6 +60,7 @@ def test_explainer_default_is_the_most_probable_finding(setup):
     r = ex.explain_file(image)
     assert r["finding"] == LABELS[int(np.argmax(r["probabilities"]))]
     assert r["heatmap"].shape == (64, 64) and 0 <= r["heatmap"].min() <= r["heatmap"].max() <= 1
+    assert r.finding == r["finding"] and r.heatmap_image.shape == r.gray.shape
 
 
 def test_localization_scores_on_the_synthetic_boxes(setup, run_cli, tmp_path):

@@ -837,7 +837,7 @@ def evaluate_cmd(
     if localization is not None:
         if run is None:
             raise CxrkitError("--localization needs the model: pass a run or artifact folder.")
-        from cxrkit.use.explain import evaluate_localization
+        from cxrkit.evaluate.localization import evaluate_localization
 
         run_dir, artifact = resolve_artifact(run)
         _quiet_lightning()
@@ -1021,19 +1021,19 @@ def explain_cmd(
     if finding is not None:
         ex.finding_index(finding)  # a wrong name fails before the image is read
     result = ex.explain_file(image, finding)
-    name = result["finding"].replace(" ", "_")
+    name = result.finding.replace(" ", "_")
     # the current folder, not beside the image: an overlay in an image folder would later be
     # scored as an X-ray by `cxrkit predict FOLDER`
     out = out or Path(f"{image.stem}.{name}.png")
     _guard_output(out, image)
     _guard_inside(out, folder, "model artifact")
-    save_overlay(out, result["gray"], result["heatmap_image"], alpha=alpha)
-    p = float(result["probabilities"][result["index"]])
-    thr = ex.meta.thresholds.get(result["finding"])
+    save_overlay(out, result.gray, result.heatmap_image, alpha=alpha)
+    p = float(result.probabilities[result.index])
+    thr = ex.meta.thresholds.get(result.finding)
     decision = (
         "" if thr is None else (" (positive" if p >= thr else " (negative") + f" at {thr:.3f})"
     )
-    console.print(f"{result['finding']}: p = {p:.3f}{decision}; {method} overlay in {out}")
+    console.print(f"{result.finding}: p = {p:.3f}{decision}; {method} overlay in {out}")
 
 
 @app.command("ensemble")

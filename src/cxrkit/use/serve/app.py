@@ -206,10 +206,12 @@ def create_app(
         ] = None,
         method: Annotated[str, Form(description="gradcam or gradcam++")] = "gradcam",
     ) -> Response:
-        from cxrkit.use.explain import METHODS, overlay
+        from cxrkit.use.explain import CAM_METHODS, overlay
 
-        if method not in METHODS:
-            raise HTTPException(422, f"method must be one of {', '.join(METHODS)}; got '{method}'")
+        if method not in CAM_METHODS:
+            raise HTTPException(
+                422, f"method must be one of {', '.join(CAM_METHODS)}; got '{method}'"
+            )
         image, _ = await read_image(file)
         ex = await run_in_threadpool(explainer, method)
         if finding is not None:
@@ -218,7 +220,7 @@ def create_app(
             except CxrkitError as e:
                 raise HTTPException(422, str(e)) from None
         result = await run_in_threadpool(ex.explain_array, image, finding)
-        rgb = overlay(result["gray"], result["heatmap_image"])
+        rgb = overlay(result.gray, result.heatmap_image)
         h, w = rgb.shape[:2]
         scale = MAX_OVERLAY_SIDE / max(h, w)
         if scale < 1:
@@ -228,11 +230,11 @@ def create_app(
         ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         if not ok:  # pragma: no cover - OpenCV encodes any uint8 RGB image
             raise HTTPException(500, "could not encode the overlay")
-        p = float(result["probabilities"][result["index"]])
+        p = float(result.probabilities[result.index])
         return Response(
             png.tobytes(),
             media_type="image/png",
-            headers={"X-Finding": result["finding"], "X-Probability": f"{p:.6f}"},
+            headers={"X-Finding": result.finding, "X-Probability": f"{p:.6f}"},
         )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
