@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import cv2
 import numpy as np
@@ -21,6 +23,7 @@ from cxrkit.core.errors import CxrkitError
 from cxrkit.core.notice import NOTICE
 from cxrkit.data.image_gate import ImageReadError, image_kind
 from cxrkit.data.imaging import decode_image
+from cxrkit.use.serve.guard import BODY_TIMEOUT_S, BodyGuard, key_matches
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,8 @@ class Problem(BaseModel):
 
 
 _ERRORS = {
+    401: {"model": Problem, "description": "The service needs an API key (X-API-Key)."},
+    408: {"model": Problem, "description": "The upload did not arrive in time."},
     413: {"model": Problem, "description": "The upload is larger than the limit."},
     415: {"model": Problem, "description": "Not a PNG, JPEG or DICOM file."},
     422: {"model": Problem, "description": "The image cannot be decoded, or a bad parameter."},
@@ -79,6 +84,10 @@ def create_app(
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     device: str = "cpu",
     runtime: str = "auto",
+    api_key: str | None = None,
+    cors_origins: Sequence[str] = (),
+    body_timeout_s: float = BODY_TIMEOUT_S,
+    max_pixels: int | None = None,
 ) -> FastAPI:
     """The service for one model artifact (loaded once, shared by all requests).
 
@@ -89,6 +98,12 @@ def create_app(
         runtime: ``torch``, ``onnx`` (the artifact's ``model.onnx``, via onnxruntime) or ``auto``:
             onnx on the CPU when the artifact has an export, else torch. /explain always uses
             torch (Grad-CAM needs gradients).
+        api_key: when set, every endpoint but ``/`` and ``/health`` needs it in the ``X-API-Key``
+            header (or ``Authorization: Bearer KEY``); compared in constant time; 401 otherwise.
+        cors_origins: origins allowed to call the API from a browser (CORS); none by default.
+        body_timeout_s: seconds a client has to send a whole upload (408 after).
+        max_pixels: images declaring more pixels are refused with 422 before decoding (default:
+            ``$CXRKIT_MAX_PIXELS`` or 64 MP).
     """
     from cxrkit.model.artifact import ONNX_FILE, resolve_artifact
     from cxrkit.use.predict import Predictor
@@ -112,19 +127,36 @@ def create_app(
         description=f"Chest X-ray finding classifier ({meta.architecture}). {NOTICE}",
     )
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        too_big = length is not None and length.isdigit() and int(length) > max_upload_bytes + 65536
-        if request.method == "POST" and too_big:  # 64 KiB allowed for the multipart framing
-            return JSONResponse(
-                {
-                    "detail": f"upload of {int(length):,} bytes is over the limit of "
-                    f"{max_upload_bytes:,} bytes"
-                },
-                status_code=413,
-            )
-        return await call_next(request)
+    # innermost first: the body guard, then the key, then CORS (so that 401s carry CORS headers)
+    app.add_middleware(BodyGuard, max_bytes=max_upload_bytes, timeout_s=body_timeout_s)
+    if api_key:
+
+        @app.middleware("http")
+        async def require_key(request: Request, call_next):
+            if request.url.path in ("/", "/health") or request.method == "OPTIONS":
+                return await call_next(request)
+            given = request.headers.get("x-api-key")
+            auth = request.headers.get("authorization", "")
+            if given is None and auth.lower().startswith("bearer "):
+                given = auth[7:].strip()
+            if not key_matches(given, api_key):
+                return JSONResponse(
+                    {"detail": "this service needs an API key: send it in the X-API-Key header"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            return await call_next(request)
+
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["X-API-Key", "Authorization", "Content-Type"],
+            expose_headers=["X-Finding", "X-Finding-Index", "X-Probability"],
+        )
 
     async def read_image(file: UploadFile) -> tuple[np.ndarray, str]:
         data = await file.read(max_upload_bytes + 1)
@@ -138,7 +170,11 @@ def create_app(
         try:
             # the upload's own name is not used: it may carry patient details
             image = await run_in_threadpool(
-                decode_image, data, "upload.dcm" if kind == "dicom" else f"upload.{kind}"
+                lambda: decode_image(
+                    data,
+                    "upload.dcm" if kind == "dicom" else f"upload.{kind}",
+                    max_pixels=max_pixels,
+                )
             )
         except (ImageReadError, CxrkitError) as e:
             raise HTTPException(422, _scrub(str(e))) from None
@@ -234,7 +270,12 @@ def create_app(
         return Response(
             png.tobytes(),
             media_type="image/png",
-            headers={"X-Finding": result.finding, "X-Probability": f"{p:.6f}"},
+            # headers carry ASCII only: the name is percent-encoded UTF-8 (decodeURIComponent)
+            headers={
+                "X-Finding": quote(result.finding, safe=""),
+                "X-Finding-Index": str(int(result.index)),
+                "X-Probability": f"{p:.6f}",
+            },
         )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
