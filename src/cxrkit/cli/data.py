@@ -45,7 +45,7 @@ def index_cmd(
     patient_col: Annotated[str | None, typer.Option(help="generic: patient id column.")] = None,
     study_col: Annotated[str | None, typer.Option(help="generic: study id column.")] = None,
     view_col: Annotated[
-        str | None, typer.Option(help="generic: view column (frontal/lateral/AP/PA).")
+        str | None, typer.Option(help="generic: view column (frontal, lateral, AP or PA).")
     ] = None,
     sex_col: Annotated[str | None, typer.Option(help="generic: sex column.")] = None,
     age_col: Annotated[str | None, typer.Option(help="generic: age column.")] = None,

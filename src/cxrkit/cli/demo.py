@@ -30,8 +30,7 @@ def demo_cmd(
         Path | None, typer.Option(help="Use this CheXpert folder instead of synthetic data.")
     ] = None,
 ) -> None:
-    """The pipeline end to end on CPU: synthetic data (or --dataset) → index → labels → split →
-    cache → train → held-out AUC against the planted truth → evaluation with CIs → HTML report."""
+    """The pipeline end to end on CPU: synthetic data (or --dataset) → index → labels → split → cache → train → held-out AUC against the planted truth → evaluation with CIs → HTML report."""
     from cxrkit.data.adapters import build_index
     from cxrkit.data.cache import build_cache
     from cxrkit.data.index import write_index

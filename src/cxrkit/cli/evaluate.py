@@ -39,7 +39,9 @@ def evaluate_cmd(
     ] = "youden",
     target: Annotated[
         float | None,
-        typer.Option(help="Threshold for 'fixed' (0.5), or the sensitivity/specificity to reach."),
+        typer.Option(
+            help="Threshold for 'fixed' (0.5), or the sensitivity or specificity to reach."
+        ),
     ] = None,
     aggregate: Annotated[
         str, typer.Option(help="Per-study aggregation of views: max | mean | none.")
@@ -89,8 +91,7 @@ def evaluate_cmd(
 ) -> None:
     """Score a model: AUROC with CIs, AUPRC, operating points, confusion matrices, calibration.
 
-    Writes predictions.parquet and metrics.json. With --predictions/--labels it scores any
-    model's outputs the same way.
+    Writes predictions.parquet and metrics.json. With --predictions/--labels it scores any model's outputs the same way.
     """
     if localization is not None:
         _evaluate_localization(run, localization, images_root, method, out)

@@ -66,8 +66,7 @@ def predict_cmd(
         typer.Option("--onnx", help="onnx runtime: the ONNX file if not ARTIFACT/model.onnx."),
     ] = None,
 ) -> None:
-    """Predict findings on images: a probability per finding, and positive/negative where the
-    artifact has a threshold."""
+    """Predict findings on images: a probability per finding, and positive/negative where the artifact has a threshold."""
     from cxrkit.model.artifact import artifact_folder
     from cxrkit.use.predict import (
         Predictor,
@@ -325,8 +324,7 @@ def export_onnx_cmd(
         str, typer.Option(help="auto, torchscript or dynamo (see docs/inference.md).")
     ] = "auto",
 ) -> None:
-    """Export the network to ONNX (normalised input → logits) plus model.onnx.json (preprocessing,
-    labels, thresholds)."""
+    """Export the network to ONNX (normalised input → logits) plus model.onnx.json (preprocessing, labels, thresholds)."""
     import json
 
     from cxrkit.model.interop import export_onnx, onnx_meta_path
