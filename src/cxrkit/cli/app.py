@@ -30,6 +30,7 @@ app = typer.Typer(
 
 
 def _version(value: bool) -> None:
+    """--version: print the version and stop."""
     if value:
         console.print(f"cxrkit {__version__}")
         raise typer.Exit()
@@ -42,6 +43,7 @@ def _main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
+    """The options of ``cxrkit`` itself, before any command."""
     setup_logging(verbose)
 
 

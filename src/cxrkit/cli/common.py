@@ -296,7 +296,11 @@ class _Option(TyperOption):
 
 
 def _help_params(params: list[Any]) -> list[Any]:
-    """Give typer's parameters (the help option included) the help rendering above, in place."""
+    """Give typer's parameters (the help option included) the help rendering above, in place.
+
+    Typer builds the parameters itself and takes no class for them, so the class is swapped here;
+    the subclasses change only how the help shows a parameter, never how it is parsed.
+    """
     for param in params:
         if type(param) is TyperArgument:
             param.__class__ = _Argument
