@@ -1,8 +1,8 @@
-"""CLI commands that use a trained model artifact: predict, explain, export, import, serve.
+"""The use stage's commands, those that use a trained model artifact: predict, explain, ensemble,
+serve, export onnx, import chexnet/torchxrayvision (parse, call the library, print).
 
-They live apart from :mod:`cxrkit.cli.app` to keep that file readable; :func:`register` adds them to
-the main typer app. Library code lives in :mod:`cxrkit.use.predict` and :mod:`cxrkit.model.interop`; the
-helpers of :mod:`cxrkit.cli.app` are imported inside the commands (that module imports this one).
+Library code lives in :mod:`cxrkit.use.predict`, :mod:`cxrkit.use.explain`, :mod:`cxrkit.use.serve`,
+:mod:`cxrkit.model.ensemble` and :mod:`cxrkit.model.interop`.
 """
 
 from __future__ import annotations
@@ -12,24 +12,33 @@ from typing import Annotated
 
 import typer
 
+from cxrkit.cli.common import (
+    HelpCommand,
+    HelpGroup,
+    _guard_inside,
+    _guard_output,
+    _progress,
+    console,
+    err_console,
+    is_verbose,
+)
+from cxrkit.core.errors import CxrkitError
+
 #: Up to this many images the predictions are shown as a table; above, as a summary.
 TABLE_MAX_IMAGES = 20
 
 export_app = typer.Typer(
-    name="export", help="Export a model artifact to other formats.", no_args_is_help=True
+    name="export",
+    help="Export a model artifact to other formats.",
+    no_args_is_help=True,
+    cls=HelpGroup,
 )
 import_app = typer.Typer(
     name="import",
+    cls=HelpGroup,
     help="Turn published chest X-ray weights into a cxrkit model artifact.",
     no_args_is_help=True,
 )
-
-
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
-    app.command("predict")(predict_cmd)
-    app.add_typer(export_app, name="export")
-    app.add_typer(import_app, name="import")
 
 
 # ---- predict -------------------------------------------------------------------------------------
@@ -57,9 +66,7 @@ def predict_cmd(
         typer.Option("--onnx", help="onnx runtime: the ONNX file if not ARTIFACT/model.onnx."),
     ] = None,
 ) -> None:
-    """Predict findings on images: a probability per finding, and positive/negative where the
-    artifact has a threshold."""
-    from cxrkit.cli.app import _guard_inside, _guard_output, _progress, console
+    """Predict findings on images: a probability per finding, and positive/negative where the artifact has a threshold."""
     from cxrkit.model.artifact import artifact_folder
     from cxrkit.use.predict import (
         Predictor,
@@ -111,7 +118,6 @@ def _print_predictions(frame, predictor) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from cxrkit.cli.app import console
     from cxrkit.use.predict import decision_column
 
     labels = predictor.labels
@@ -145,7 +151,6 @@ def _print_predictions(frame, predictor) -> None:
 def _print_summary(frame, predictor) -> None:
     from rich.table import Table
 
-    from cxrkit.cli.app import console
     from cxrkit.use.predict import ERROR_COLUMN, decision_column
 
     ok = frame[frame[ERROR_COLUMN].isna()]
@@ -175,7 +180,6 @@ def _print_summary(frame, predictor) -> None:
 def _warn_failed(frame) -> None:
     from rich.markup import escape
 
-    from cxrkit.cli.app import err_console
     from cxrkit.core.errors import preview
     from cxrkit.use.predict import ERROR_COLUMN
 
@@ -190,10 +194,125 @@ def _warn_failed(frame) -> None:
         )
 
 
+# ---- explain / ensemble / serve ------------------------------------------------------------------
+
+
+def explain_cmd(
+    artifact: Annotated[Path, typer.Argument(help="A model artifact (or run) folder.")],
+    image: Annotated[Path, typer.Argument(help="A PNG, JPEG or DICOM image.")],
+    finding: Annotated[
+        str | None,
+        typer.Option(help="The finding to explain (default: the most probable one)."),
+    ] = None,
+    method: Annotated[str, typer.Option(help="gradcam | gradcam++.")] = "gradcam",
+    layer: Annotated[
+        str | None, typer.Option(help="Dotted layer name (default: the last feature map).")
+    ] = None,
+    alpha: Annotated[float, typer.Option(help="Opacity of the heatmap.")] = 0.4,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Overlay PNG (default <image>.<finding>.png)."),
+    ] = None,
+) -> None:
+    """Grad-CAM heatmap of one finding over the image, written as a PNG overlay."""
+    from cxrkit.model.artifact import resolve_artifact
+    from cxrkit.use.explain import Explainer, save_overlay
+
+    _, folder = resolve_artifact(artifact)
+    ex = Explainer(folder, method=method, layer=layer)
+    if finding is not None:
+        ex.finding_index(finding)  # a wrong name fails before the image is read
+    result = ex.explain_file(image, finding)
+    name = result.finding.replace(" ", "_")
+    # the current folder, not beside the image: an overlay in an image folder would later be
+    # scored as an X-ray by `cxrkit predict FOLDER`
+    out = out or Path(f"{image.stem}.{name}.png")
+    _guard_output(out, image)
+    _guard_inside(out, folder, "model artifact")
+    save_overlay(out, result.gray, result.heatmap_image, alpha=alpha)
+    p = float(result.probabilities[result.index])
+    thr = ex.meta.thresholds.get(result.finding)
+    decision = (
+        "" if thr is None else (" (positive" if p >= thr else " (negative") + f" at {thr:.3f})"
+    )
+    console.print(f"{result.finding}: p = {p:.3f}{decision}; {method} overlay in {out}")
+
+
+def ensemble_cmd(
+    members: Annotated[
+        list[Path], typer.Argument(help="Two or more model artifact (or run) folders.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The ensemble artifact folder.")],
+    weights: Annotated[
+        str | None, typer.Option(help="Comma-separated member weights (default: equal).")
+    ] = None,
+    tta: Annotated[str, typer.Option(help="Test-time augmentation: none | hflip.")] = "none",
+) -> None:
+    """Combine artifacts into one ensemble artifact (weighted mean of probabilities)."""
+    from cxrkit.model.ensemble import make_ensemble
+
+    w = None
+    if weights:
+        try:
+            w = [float(x) for x in weights.split(",")]
+        except ValueError:
+            raise CxrkitError(
+                f"--weights must be numbers separated by commas; got '{weights}'."
+            ) from None
+    folder = make_ensemble(members, out, weights=w, tta=tta.lower())
+    console.print(
+        f"ensemble of {len(members)} models in {folder}; fit its operating points with "
+        f"`cxrkit evaluate {folder} --config <a member's config.yaml>`"
+    )
+
+
+def serve_cmd(
+    artifact: Annotated[Path, typer.Argument(help="A model artifact (or run) folder.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, in MiB.")] = 32,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    runtime: Annotated[
+        str,
+        typer.Option(help="auto (onnx when the model has an export, on CPU) | torch | onnx."),
+    ] = "auto",
+) -> None:
+    """Serve the model over HTTP (FastAPI): POST /predict, POST /explain, GET /model, a page at /."""
+    import uvicorn
+
+    from cxrkit.core.notice import NOTICE
+    from cxrkit.use.serve import create_app
+
+    if not 0 < port < 65536:
+        raise CxrkitError(f"--port must be between 1 and 65535; got {port}.")
+    if max_upload_mb <= 0:
+        raise CxrkitError(f"--max-upload-mb must be positive; got {max_upload_mb}.")
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise CxrkitError(
+                f"cannot listen on {host}:{port} ({e.strerror or e}): choose another --port, or "
+                "stop what is using it."
+            ) from None
+    service = create_app(
+        artifact,
+        max_upload_bytes=int(max_upload_mb * 2**20),
+        device=device,
+        runtime=runtime.lower(),
+    )
+    console.print(
+        f"cxrkit serving {artifact} on http://{host}:{port}/ (API docs at /docs). {NOTICE}"
+    )
+    uvicorn.run(service, host=host, port=port, log_level="info" if is_verbose() else "warning")
+
+
 # ---- export --------------------------------------------------------------------------------------
 
 
-@export_app.command("onnx")
+@export_app.command("onnx", cls=HelpCommand)
 def export_onnx_cmd(
     artifact: Annotated[Path, typer.Argument(help="A model artifact folder.")],
     out: Annotated[
@@ -205,11 +324,9 @@ def export_onnx_cmd(
         str, typer.Option(help="auto, torchscript or dynamo (see docs/inference.md).")
     ] = "auto",
 ) -> None:
-    """Export the network to ONNX (normalised input → logits) plus model.onnx.json (preprocessing,
-    labels, thresholds)."""
+    """Export the network to ONNX (normalised input → logits) plus model.onnx.json (preprocessing, labels, thresholds)."""
     import json
 
-    from cxrkit.cli.app import console
     from cxrkit.model.interop import export_onnx, onnx_meta_path
 
     path = export_onnx(artifact, out, opset, exporter=exporter)
@@ -233,7 +350,6 @@ ForceOpt = Annotated[
 
 
 def _imported(out: Path) -> None:
-    from cxrkit.cli.app import console
     from cxrkit.model.artifact import read_artifact_meta
 
     meta = read_artifact_meta(out)
@@ -246,7 +362,7 @@ def _imported(out: Path) -> None:
     console.print(f"next: cxrkit predict {out} IMAGES", highlight=False)
 
 
-@import_app.command("chexnet")
+@import_app.command("chexnet", cls=HelpCommand)
 def import_chexnet_cmd(
     weights: Annotated[
         Path, typer.Argument(help="A CheXNet DenseNet-121 state dict (.pth.tar/.pth/.safetensors).")
@@ -255,14 +371,13 @@ def import_chexnet_cmd(
     force: ForceOpt = False,
 ) -> None:
     """Import CheXNet weights (e.g. arnoweng/CheXNet's model.pth.tar): 14 NIH findings."""
-    from cxrkit.cli.app import _guard_output
     from cxrkit.model.interop import import_chexnet
 
     _guard_output(out, weights)
     _imported(import_chexnet(weights, out, overwrite=force))
 
 
-@import_app.command("torchxrayvision")
+@import_app.command("torchxrayvision", cls=HelpCommand)
 def import_xrv_cmd(
     weights: Annotated[
         Path,
@@ -275,7 +390,6 @@ def import_xrv_cmd(
     force: ForceOpt = False,
 ) -> None:
     """Import torchxrayvision weights (saved with torch.save(model.state_dict(), PATH))."""
-    from cxrkit.cli.app import _guard_output
     from cxrkit.model.interop import import_torchxrayvision
 
     _guard_output(out, weights)
