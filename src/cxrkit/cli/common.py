@@ -12,7 +12,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -87,6 +87,26 @@ def _guard_output(out: Path | None, *inputs: Path | str | None) -> None:
                 f"'{out}' is an input of this command: writing there would destroy it. "
                 "Choose another output path."
             )
+
+
+#: the ``--max-pixels`` option of every command that decodes images
+MaxPixelsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Refuse images declaring more pixels, before decoding (default: CXRKIT_MAX_PIXELS or 64 MP).",
+        show_default=False,
+    ),
+]
+
+
+def _max_pixels(value: int | None) -> None:
+    """Check ``--max-pixels`` and put it in the environment, where every decoder (and the cache's
+    worker processes) read the limit."""
+    if value is None:
+        return
+    from cxrkit.data.image_gate import MAX_PIXELS_ENV, max_pixels
+
+    os.environ[MAX_PIXELS_ENV] = str(max_pixels(value))
 
 
 def _ignored(flag: str, given: bool, applies_to: str) -> None:
@@ -287,12 +307,15 @@ class _Argument(TyperArgument):
 
 
 class _Option(TyperOption):
-    """An option as the help shows it: a flag takes no value, so no ``<bool>`` after it."""
+    """An option as the help shows it: a flag takes no value, so no ``<bool>`` after it; a
+    repeatable option shows the type of one value."""
 
     def display_type_rich(self, ctx: typer.Context) -> str | None:  # noqa: D102
         if self.is_flag and self.metavar is None:
             return None
-        return super().display_type_rich(ctx)
+        shown = super().display_type_rich(ctx)
+        match = _LIST_TYPE.match(shown or "")
+        return f"<{match['item'].lower()}>" if match else shown
 
 
 def _help_params(params: list[Any]) -> list[Any]:

@@ -10,8 +10,10 @@ from typing import Annotated
 import typer
 
 from cxrkit.cli.common import (
+    MaxPixelsOption,
     _guard_output,
     _ignored,
+    _max_pixels,
     _print_label_table,
     _print_split_report,
     _progress,
@@ -373,8 +375,10 @@ def cache_cmd(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder of caches; one sub-folder per settings.")
     ] = Path("cache"),
+    max_pixels: MaxPixelsOption = None,
 ) -> None:
     """Decode every image once (PNG/JPEG/DICOM), resize, store uint8 in one memory-mapped file."""
+    _max_pixels(max_pixels)
     from cxrkit.core.errors import preview
     from cxrkit.data.cache import build_cache, check_settings
     from cxrkit.data.index import read_index

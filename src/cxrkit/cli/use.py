@@ -15,14 +15,17 @@ import typer
 from cxrkit.cli.common import (
     HelpCommand,
     HelpGroup,
+    MaxPixelsOption,
     _guard_inside,
     _guard_output,
+    _max_pixels,
     _progress,
     console,
     err_console,
     is_verbose,
 )
 from cxrkit.core.errors import CxrkitError
+from cxrkit.core.names import slug
 
 #: Up to this many images the predictions are shown as a table; above, as a summary.
 TABLE_MAX_IMAGES = 20
@@ -65,8 +68,10 @@ def predict_cmd(
         Path | None,
         typer.Option("--onnx", help="onnx runtime: the ONNX file if not ARTIFACT/model.onnx."),
     ] = None,
+    max_pixels: MaxPixelsOption = None,
 ) -> None:
     """Predict findings on images: a probability per finding, and positive/negative where the artifact has a threshold."""
+    _max_pixels(max_pixels)
     from cxrkit.model.artifact import artifact_folder
     from cxrkit.use.predict import (
         Predictor,
@@ -213,8 +218,10 @@ def explain_cmd(
         Path | None,
         typer.Option("--out", "-o", help="Overlay PNG (default <image>.<finding>.png)."),
     ] = None,
+    max_pixels: MaxPixelsOption = None,
 ) -> None:
     """Grad-CAM heatmap of one finding over the image, written as a PNG overlay."""
+    _max_pixels(max_pixels)
     from cxrkit.model.artifact import resolve_artifact
     from cxrkit.use.explain import Explainer, save_overlay
 
@@ -223,7 +230,7 @@ def explain_cmd(
     if finding is not None:
         ex.finding_index(finding)  # a wrong name fails before the image is read
     result = ex.explain_file(image, finding)
-    name = result.finding.replace(" ", "_")
+    name = slug(result.finding)  # a label name from model.json is not a file name
     # the current folder, not beside the image: an overlay in an image folder would later be
     # scored as an X-ray by `cxrkit predict FOLDER`
     out = out or Path(f"{image.stem}.{name}.png")
@@ -276,17 +283,46 @@ def serve_cmd(
         str,
         typer.Option(help="auto (onnx when the model has an export, on CPU) | torch | onnx."),
     ] = "auto",
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CXRKIT_API_KEY",
+            help="Require this key (X-API-Key header) on every endpoint but / and /health; "
+            "better given by the CXRKIT_API_KEY environment variable than on the command line.",
+            show_default=False,
+        ),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Allow browser calls from this origin (repeatable), e.g. https://viewer.example."
+        ),
+    ] = None,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(
+            help="Refuse images declaring more pixels (default: CXRKIT_MAX_PIXELS or 64 MP)."
+        ),
+    ] = None,
+    max_connections: Annotated[
+        int, typer.Option(help="Connections served at once; more get 503.")
+    ] = 64,
 ) -> None:
     """Serve the model over HTTP (FastAPI): POST /predict, POST /explain, GET /model, a page at /."""
-    import uvicorn
-
     from cxrkit.core.notice import NOTICE
+    from cxrkit.data.image_gate import max_pixels as pixel_limit
     from cxrkit.use.serve import create_app
+    from cxrkit.use.serve.guard import run
 
     if not 0 < port < 65536:
         raise CxrkitError(f"--port must be between 1 and 65535; got {port}.")
     if max_upload_mb <= 0:
         raise CxrkitError(f"--max-upload-mb must be positive; got {max_upload_mb}.")
+    if max_connections < 1:
+        raise CxrkitError(f"--max-connections must be at least 1; got {max_connections}.")
+    if api_key is not None and len(api_key) < 8:
+        raise CxrkitError("--api-key must be at least 8 characters; choose a longer one.")
+    limit = pixel_limit(max_pixels)
     import socket
 
     with socket.socket() as probe:
@@ -302,11 +338,22 @@ def serve_cmd(
         max_upload_bytes=int(max_upload_mb * 2**20),
         device=device,
         runtime=runtime.lower(),
+        api_key=api_key,
+        cors_origins=cors_origin or (),
+        max_pixels=limit,
     )
     console.print(
-        f"cxrkit serving {artifact} on http://{host}:{port}/ (API docs at /docs). {NOTICE}"
+        f"cxrkit serving {artifact} on http://{host}:{port}/ (API docs at /docs)"
+        + ("; API key required" if api_key else "")
+        + f". {NOTICE}"
     )
-    uvicorn.run(service, host=host, port=port, log_level="info" if is_verbose() else "warning")
+    run(
+        service,
+        host=host,
+        port=port,
+        log_level="info" if is_verbose() else "warning",
+        max_connections=max_connections,
+    )
 
 
 # ---- export --------------------------------------------------------------------------------------
