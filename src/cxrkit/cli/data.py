@@ -61,6 +61,13 @@ def index_cmd(
             "--allow-new-findings", help="generic: keep label names that are not known findings."
         ),
     ] = False,
+    allow_outside: Annotated[
+        bool,
+        typer.Option(
+            "--allow-outside",
+            help="generic: accept image paths outside the image root (absolute, or climbing out with ..).",
+        ),
+    ] = False,
 ) -> None:
     """Index a dataset: one row per image, raw 1/0/-1/blank labels under canonical finding names."""
     from cxrkit.data.adapters import build_index
@@ -75,9 +82,10 @@ def index_cmd(
         )
         or path_col != "path"
         or allow_new_findings
+        or allow_outside
     )
     _ignored(
-        "--path-col/--labels/--*-col/--image-root/--allow-new-findings",
+        "--path-col/--labels/--*-col/--image-root/--allow-new-findings/--allow-outside",
         dataset != "generic" and generic_given,
         "generic",
     )
@@ -94,6 +102,7 @@ def index_cmd(
             age_col=age_col,
             image_root=image_root,
             allow_new_findings=allow_new_findings,
+            allow_outside=allow_outside,
         )
     index = build_index(
         dataset, root, check_images=check_images, drop_missing=drop_missing, **options

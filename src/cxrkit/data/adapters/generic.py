@@ -3,11 +3,18 @@
 Label columns hold 1 / 0 / -1 / blank or true / false (yes / no); their names are mapped to
 canonical finding names (``Effusion`` → ``Pleural Effusion``). A name that is not a known finding
 is an error with a suggestion, unless ``allow_new_findings`` keeps it as a custom finding.
+
+A CSV is outside data: a row with fewer fields than the header is refused (naming its line) rather
+than read as blank labels, and a path that leaves the image root (absolute, a drive letter, or
+climbing out with ``..``) is refused unless ``allow_outside`` is given.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
+import posixpath
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,6 +51,37 @@ def _parse_label_spec(spec: str | Sequence[str] | None) -> list[tuple[str, str |
     return out
 
 
+def _check_row_lengths(path: Path) -> None:
+    """Refuse a row with fewer fields than the header (pandas would fill them with blanks)."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            return
+        for row in reader:
+            if row and len(row) < len(header):
+                raise CxrkitError(
+                    f"{path}: line {reader.line_num} has {len(row)} field(s), the header has "
+                    f"{len(header)}: a short row would be read as blank labels. Fix the CSV."
+                )
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def _outside(paths: pd.Series) -> np.ndarray:
+    """Which relative paths leave the image root: absolute, drive-lettered, or climbing with ``..``."""
+    return np.array(
+        [
+            p.startswith("/")
+            or bool(_DRIVE.match(p))
+            or posixpath.normpath(p).split("/")[0] == ".."
+            for p in paths
+        ],
+        bool,
+    )
+
+
 def index_generic(
     root: Path,
     *,
@@ -58,6 +96,7 @@ def index_generic(
     age_col: str | None = None,
     image_root: str | Path | None = None,
     allow_new_findings: bool = False,
+    allow_outside: bool = False,
 ) -> Index:
     """Index a CSV file (``root``); image paths are relative to ``image_root`` (default: its folder).
 
@@ -69,6 +108,7 @@ def index_generic(
             patient column each image counts as its own patient (splits cannot group by patient:
             a warning says so).
         allow_new_findings: keep label names that are not canonical findings as custom findings.
+        allow_outside: accept image paths outside the image root.
     """
     if root.is_dir():
         raise CxrkitError(
@@ -78,7 +118,9 @@ def index_generic(
     try:
         df = pd.read_csv(root, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise CxrkitError(f"{source}: cannot be read as CSV ({e}).") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CxrkitError(f"{source}: cannot be read as CSV ({first}).") from None
+    _check_row_lengths(root)
     opt_cols = {
         "patient": patient_col,
         "study": study_col,
@@ -123,6 +165,14 @@ def index_generic(
             )
         label_cols[canon] = parse_tristate(df[col], col, source, booleans=True)
     paths = df[path_col].str.strip().str.replace("\\", "/", regex=False)
+    outside = _outside(paths)
+    if outside.any() and not allow_outside:
+        first = int(np.flatnonzero(outside)[0])
+        raise CxrkitError(
+            f"{source}: {int(outside.sum()):,} row(s) name images outside the image root (first "
+            f"at line {first + 2}: '{paths.iloc[first][:80]}'); paths must be relative to it. Pass "
+            "--allow-outside if that is intended."
+        )
     if patient_col is None:
         log.warning(
             "%s: no patient column: each image counts as its own patient, so splits cannot "
