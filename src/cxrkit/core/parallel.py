@@ -1,10 +1,15 @@
 """A process pool for the CPU-bound stages (synthetic rendering, cache building).
 
-Workers are forked (cheap, and a user's script needs no ``if __name__ == "__main__"`` guard) with
-OpenCV set to one thread *in the parent* before the fork: calling ``cv2.setNumThreads`` in a forked
+On Linux workers are forked (cheap, and a user's script needs no ``if __name__ == "__main__"``
+guard) with OpenCV set to one thread *in the parent* before the fork: calling ``cv2.setNumThreads`` in a forked
 child can hang for ever when the parent's OpenCV thread pool was busy at the fork. One process per
 core; OpenCV's own threads would only compete with the other workers. Workers ignore Ctrl-C (the
 parent handles it and ends the pool) and, on Linux, die with the parent.
+
+Elsewhere fork is not safe: on macOS a process that has started threads (OpenCV's, torch's,
+Accelerate's) can deadlock in a forked child, which is why Python 3.8 made spawn macOS's default.
+There, and on Windows, workers are spawned (``start_method()``; ``CXRKIT_START_METHOD`` overrides it
+for experiments, e.g. ``forkserver``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,25 @@ import os
 import threading
 from collections.abc import Iterator
 from multiprocessing.pool import Pool
+
+#: Environment variable that picks the start method (fork, spawn or forkserver).
+START_METHOD_ENV = "CXRKIT_START_METHOD"
+
+
+def start_method(platform: str | None = None) -> str:
+    """How worker processes start: ``fork`` on Linux, ``spawn`` elsewhere (see the module doc)."""
+    import sys
+
+    chosen = os.environ.get(START_METHOD_ENV, "").strip().lower()
+    if chosen:
+        if chosen not in mp.get_all_start_methods():
+            from cxrkit.core.errors import CxrkitError, did_you_mean
+
+            raise CxrkitError(
+                did_you_mean(chosen, mp.get_all_start_methods(), what=f"{START_METHOD_ENV} value")
+            )
+        return chosen
+    return "fork" if (platform or sys.platform).startswith("linux") else "spawn"
 
 
 def usable_cores() -> int:
@@ -64,7 +88,7 @@ def _die_with_parent() -> None:
 @contextlib.contextmanager
 def process_pool(workers: int) -> Iterator[Pool]:
     """A pool of ``workers`` processes, set up as the module docstring says; closed on exit."""
-    ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
+    ctx = mp.get_context(start_method())
     with one_cv2_thread():  # inherited by the forked workers
         pool = ctx.Pool(workers, initializer=_worker_init)
     try:
