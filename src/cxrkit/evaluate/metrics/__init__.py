@@ -20,7 +20,7 @@ operating points), :mod:`.calibrate` (reliability, temperature), :mod:`.summary`
 
 from __future__ import annotations
 
-from cxrkit.evaluate.metrics.bootstrap import bootstrap_auroc
+from cxrkit.evaluate.metrics.bootstrap import bootstrap_auroc, roc_band
 from cxrkit.evaluate.metrics.calibrate import apply_temperature, calibration, fit_temperature
 from cxrkit.evaluate.metrics.roc import (
     auroc,
@@ -51,6 +51,7 @@ __all__ = [
     "auroc",
     "average_precision",
     "bootstrap_auroc",
+    "roc_band",
     "calibration",
     "confusion",
     "delong",

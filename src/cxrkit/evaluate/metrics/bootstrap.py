@@ -205,3 +205,50 @@ def bootstrap_auroc(
         "competition_findings": defined_comp,
         "competition_skipped": int((~np.isfinite(comp)).sum()) if defined_comp else int(n_boot),
     }
+
+
+def roc_band(
+    y: np.ndarray,
+    s: np.ndarray,
+    groups: np.ndarray | None,
+    n: int,
+    seed: int,
+    level: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pointwise percentile band of the ROC curve (TPR at 101 fixed FPR values) over a patient
+    bootstrap of ``n`` resamples; a resample without both classes is skipped.
+
+    Args:
+        y: (n,) 0/1 targets.
+        s: (n,) scores.
+        groups: (n,) patient ids; None resamples cases.
+        n: resamples.
+        seed: seed of the resampling.
+        level: confidence level of the band.
+
+    Returns:
+        (grid, lo, hi): the FPR grid and the band's TPR bounds (NaN without any usable resample).
+    """
+    import pandas as pd
+    from sklearn.metrics import roc_curve
+
+    grid = np.linspace(0, 1, 101)
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        groups = np.arange(len(y)).astype(str)
+    codes, uniq = pd.factorize(groups)
+    members = pd.Series(np.arange(len(y))).groupby(codes).apply(np.asarray).to_list()
+    curves = []
+    for _ in range(n):
+        draw = rng.integers(0, len(uniq), len(uniq))
+        idx = np.concatenate([members[i] for i in draw])
+        yy = y[idx]
+        if yy.min() == yy.max():
+            continue
+        fpr, tpr, _ = roc_curve(yy, s[idx])
+        curves.append(np.interp(grid, fpr, tpr))
+    if not curves:
+        return grid, np.full_like(grid, np.nan), np.full_like(grid, np.nan)
+    c = np.array(curves)
+    a = (1 - level) / 2
+    return grid, np.quantile(c, a, axis=0), np.quantile(c, 1 - a, axis=0)

@@ -136,7 +136,7 @@ class OperatingPoints:
         """Fit one threshold per column.
 
         Args:
-            probs: (N, L) probabilities.
+            probs: (N, L) probabilities (None for ``fixed``, which needs no data; as y, mask).
             y: (N, L) targets, positive when >= 0.5.
             mask: (N, L) bool, False = not labelled.
             findings: the L finding names.
