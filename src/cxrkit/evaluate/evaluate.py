@@ -159,6 +159,7 @@ def _roc_bands(
 
 def _data_summary(cfg: Any, dm: Any) -> DataSummary:
     """The label table under the run's policy and the split report, for the report."""
+    from cxrkit.data.index import read_index
     from cxrkit.data.labels import label_table
     from cxrkit.data.splits import read_splits, split_report
 
@@ -168,6 +169,7 @@ def _data_summary(cfg: Any, dm: Any) -> DataSummary:
     rep = split_report(frame, targets, splits.frame["part"].to_numpy())
     return DataSummary(
         index=str(cfg.data.index),
+        image_root=str(read_index(cfg.data.index).root),
         images=int(len(frame)),
         patients=int(frame["patient_id"].nunique()),
         kept=int(len(targets.rows)),

@@ -262,9 +262,11 @@ class Calibration(_Record):
 @dataclass
 class DataSummary(_Record):
     """The run's data as evaluation saw it, for the report: the label table under the run's
-    policy and the split report (:func:`cxrkit.data.splits.split_report`'s dict)."""
+    policy and the split report (:func:`cxrkit.data.splits.split_report`'s dict); ``image_root``
+    is the folder the index's image paths are relative to."""
 
     index: str
+    image_root: str
     images: int
     patients: int
     kept: int
@@ -383,3 +385,20 @@ def write_outputs(out: Path, predictions: pd.DataFrame, results: EvalResults) ->
         predictions.to_parquet(tmp, index=False)
     text = json.dumps(results.to_dict(), indent=2, allow_nan=False) + "\n"
     write_text_atomic(out / METRICS_FILE, text)
+
+
+def find_evaluation(path: Path) -> tuple[Path | None, Path]:
+    """(run folder or None, evaluation folder) for a run, an evaluation folder or a metrics file."""
+    if not path.exists():
+        raise CxrkitError(f"'{path}' does not exist: pass an evaluated run folder (runs/<name>).")
+    if path.is_file() and path.name == METRICS_FILE:
+        path = path.parent
+    if (path / METRICS_FILE).is_file():
+        parent = path.parent
+        return (parent if (parent / "config.yaml").is_file() else None), path
+    if (path / "config.yaml").is_file() or (path / "model" / "model.json").is_file():
+        return path, path / "eval-test"
+    raise CxrkitError(
+        f"'{path}' is neither a run folder nor an evaluation folder ({METRICS_FILE}): pass "
+        "runs/<name> or the folder `cxrkit evaluate` wrote."
+    )
