@@ -286,3 +286,42 @@ def test_cli_scores_files_with_one_line_errors(tmp_path, run_cli):
         "evaluate", "--predictions", tmp_path / "pred.csv", "--labels", tmp_path / "nope.csv"
     )
     assert_one_line_error(code, err, "does not exist")
+
+
+def test_scoring_against_a_truth_table_is_the_demo_s_masked_auroc(runs):
+    """The demo scores the test part against synthetic_truth.csv: evaluate_model(truth=...) gives
+    the per-finding AUROC the demo printed with masked_auroc (to float32 noise)."""
+    import torch
+
+    from cxrkit.data.loader import make_datamodule
+    from cxrkit.evaluate.inference import masked_auroc, predict_part
+    from cxrkit.model.artifact import load_artifact
+
+    _, a, _ = runs
+    cfg = load_config(a / "config.yaml")
+    dm = make_datamodule(cfg)
+    model, meta = load_artifact(a / "model")
+    probs, rows = predict_part(model, dm, "test", meta.output)
+    paths = dm.index_frame["path"].to_numpy()[rows]
+    rng = np.random.default_rng(0)
+    truth = pd.DataFrame(
+        rng.integers(0, 2, (len(paths), len(meta.labels))), index=paths, columns=meta.labels
+    ).astype(np.float32)
+    y = truth.loc[paths, list(meta.labels)].to_numpy(np.float32)
+    expected = masked_auroc(
+        torch.from_numpy(probs), torch.from_numpy(y), torch.from_numpy(np.ones_like(y, bool))
+    )
+    before = read_artifact_meta(a / "model").thresholds
+    result, folder = evaluate_model(
+        a,
+        EvalOptions(operating_point="fixed", n_boot=0, aggregate="none", save=False),
+        truth=truth,
+        write=False,
+    )
+    got = [result.image.findings[f].auroc for f in meta.labels]
+    assert got == pytest.approx(expected, abs=1e-6)
+    assert result.image.average.macro_auroc == pytest.approx(np.mean(expected), abs=1e-6)
+    assert result.image.n_images == len(rows)
+    assert read_artifact_meta(a / "model").thresholds == before
+    with pytest.raises(CxrkitError, match="no row in the truth table"):
+        evaluate_model(a, EvalOptions(n_boot=0, save=False), truth=truth.iloc[1:], write=False)
