@@ -71,7 +71,13 @@ MOVED: dict[str, tuple[str, ...]] = {
         "cxrkit.evaluate.inference",
     ),
     "cxrkit.metrics": ("cxrkit.evaluate.metrics",),
-    "cxrkit.evaluation": ("cxrkit.evaluate.evaluate", "cxrkit.model.artifact"),
+    "cxrkit.evaluation": (
+        "cxrkit.evaluate.evaluate",
+        "cxrkit.evaluate.files",
+        "cxrkit.evaluate.options",
+        "cxrkit.evaluate.results",
+        "cxrkit.model.artifact",
+    ),
     "cxrkit.explain": (
         "cxrkit.use.explain",
         "cxrkit.model.cam",
@@ -81,7 +87,13 @@ MOVED: dict[str, tuple[str, ...]] = {
     "cxrkit.predict": ("cxrkit.use.predict",),
     "cxrkit.serve": ("cxrkit.use.serve",),
     "cxrkit.serve.app": ("cxrkit.use.serve.app",),
-    "cxrkit.report": ("cxrkit.report.build", "cxrkit.evaluate.compare"),
+    "cxrkit.report": (
+        "cxrkit.report.build",
+        "cxrkit.report.sections",
+        "cxrkit.report.figures",
+        "cxrkit.evaluate.compare",
+        "cxrkit.evaluate.tables",
+    ),
 }
 
 _warned: set[str] = set()

@@ -225,9 +225,9 @@ def test_kernel_many_resamples_with_groups_matches_sklearn():
     gid = rng.integers(0, n_groups, n)
     y = rng.random(n) < 0.3
     s = np.round(rng.random(n) + 0.3 * y, 2)
-    task = metrics._prepare(s, y, gid, n_groups)
+    task = metrics.roc._prepare(s, y, gid, n_groups)
     w = rng.integers(0, 3, (n_groups, n_resamples)).astype(float)
-    auc, ap = metrics._kernel(task, w)
+    auc, ap = metrics.roc._kernel(task, w)
     for b in range(n_resamples):
         sw = w[gid, b]
         if sw[y].sum() == 0 or sw[~y].sum() == 0:

@@ -196,7 +196,11 @@ def test_experiment_grid_goes_on_after_a_failed_run(workdir: Path):
     assert ok["multilabel_auc"].between(0, 1).all() and ok["accuracy"].between(0, 1).all()
     assert table.loc[table["status"] != "ok", "status"].str.contains("unknown architecture").all()
     out = workdir / "runs" / "g"
-    assert (out / "comparison.md").read_text().count("\n") == 6
+    md = (out / "comparison.md").read_text()  # the one comparison writer (cxrkit compare's)
+    assert all(f"| {r} |" in md for r in ok["run"])  # one Table 1 and one Table 2 row each
+    failed = table.loc[table["status"] != "ok", "run"]
+    assert all(f"{r}: failed (" in md for r in failed)
+    assert md.count("| test_resnet |") == 4  # 2 runs x (Table 1 + Table 2)
     again = run_grid(grid)  # finished runs are evaluated again, not retrained
     assert again.loc[again["status"] == "ok", "train_minutes"].isna().all()
 
@@ -263,9 +267,9 @@ def test_multiclass_policy_needs_the_multiclass_loss(workdir: Path):
 def test_multiclass_training_writes_a_three_way_head(tmp_path: Path):
     """U-MultiClass (Irvin et al. 2019) end to end: CheXpert layout with uncertain labels, three
     logits per finding, validation AUC on the certain labels, an artifact that says so."""
+    from cxrkit.evaluate.evaluate import EvalOptions, evaluate_model
     from cxrkit.model.artifact import read_artifact_meta
     from cxrkit.model.networks import probabilities
-    from cxrkit.train.grid import evaluate_run
 
     folder = generate("chexpert", tmp_path / "data", n=120, size=48, seed=3, workers=1)
     index = build_index("chexpert", folder)
@@ -305,9 +309,9 @@ def test_multiclass_training_writes_a_three_way_head(tmp_path: Path):
     assert probs.shape == (4, 3) and bool(((probs >= 0) & (probs <= 1)).all())
     metrics = pd.read_csv(run / "logs" / "metrics.csv")
     assert metrics["val/mean_auc"].notna().any()
-    ev = evaluate_run(run, cfg)
-    assert ev["findings"] == ["Cardiomegaly", "Pleural Effusion", "Edema"]
-    assert 0.0 <= ev["accuracy"] <= 1.0
+    ev, _ = evaluate_model(run, EvalOptions(n_boot=0, save=False), write=False)
+    assert list(ev.image.findings) == ["Cardiomegaly", "Pleural Effusion", "Edema"]
+    assert 0.0 <= ev.main.confusion_total.accuracy <= 1.0
 
 
 def test_multiclass_probability_leaves_the_uncertain_class_out():

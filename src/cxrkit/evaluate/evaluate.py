@@ -1,24 +1,18 @@
-"""Evaluation of a trained model or of any model's prediction files: predictions → metrics.
+"""Evaluation of a trained model: predictions → metrics. The one way a trained model is scored.
 
 ``evaluate_model(RUN)`` predicts the validation and test parts of a run's data through the cache
 (the exact preprocessing of training), fits operating points (and optionally a temperature) on the
 validation part, stores them in the model artifact, and scores the test part per image and per
 study (views aggregated by max or mean, since CheXpert is scored per study). It writes
-``predictions.parquet`` and ``metrics.json`` into ``RUN/eval-<part>/``.
-
-``score_files(P, T)`` scores a predictions CSV/parquet against a labels CSV the same way, including
-the CheXpert ground-truth layout (``Study`` rows, one column per finding) to which image-level
-predictions are aggregated.
+``predictions.parquet`` and ``metrics.json`` (:class:`cxrkit.evaluate.results.EvalResults`) into
+``RUN/eval-<part>/``. Scoring prediction files is :func:`cxrkit.evaluate.files.score_files`.
 
 The numbers come from :mod:`cxrkit.evaluate.metrics`; this module only gathers data and writes files.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,96 +21,30 @@ import pandas as pd
 
 from cxrkit import __version__
 from cxrkit.core.errors import CxrkitError, did_you_mean, preview
-from cxrkit.core.fileio import atomic_path, write_text_atomic
+from cxrkit.evaluate.files import score_files
+from cxrkit.evaluate.metrics import THRESHOLD_METHODS as OPERATING_POINTS  # the 0.1 name
+from cxrkit.evaluate.metrics import OperatingPoints
+from cxrkit.evaluate.options import AGGREGATE_CHOICES as AGGREGATIONS  # the 0.1 name
+from cxrkit.evaluate.options import EvalOptions
+from cxrkit.evaluate.results import (
+    LABEL_PREFIX,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    Calibration,
+    CalibrationSet,
+    DataSummary,
+    EvalResults,
+    LevelMetrics,
+    OperatingPointInfo,
+    RocBand,
+    write_outputs,
+)
 from cxrkit.model.artifact import resolve_artifact
 
 log = logging.getLogger(__name__)
 
-OPERATING_POINTS = ("fixed", "youden", "max_f1", "sensitivity", "specificity")
-AGGREGATIONS = ("max", "mean", "none")
-PREDICTIONS_FILE = "predictions.parquet"
-METRICS_FILE = "metrics.json"
-#: Prefix of the label columns in ``predictions.parquet``; a finding's own name holds its probability.
-LABEL_PREFIX = "label:"
-
-
-@dataclass
-class EvalOptions:
-    """How to evaluate.
-
-    Attributes:
-        part: the part scored (``test``). fit_part: where thresholds and the temperature are fitted.
-        operating_point: ``fixed``, ``youden``, ``max_f1``, ``sensitivity``, ``specificity``.
-        target: the threshold for ``fixed`` (default 0.5), the sensitivity or specificity to reach.
-        aggregate: per-study aggregation of views: ``max``, ``mean`` or ``none``.
-        n_boot, seed, level: the patient bootstrap.
-        calibrate: fit a temperature on ``fit_part`` and store it in the artifact.
-        save: store the fitted operating points (and temperature) in the artifact.
-    """
-
-    part: str = "test"
-    fit_part: str = "val"
-    operating_point: str = "youden"
-    target: float | None = None
-    aggregate: str = "max"
-    n_boot: int = 1000
-    seed: int = 0
-    level: float = 0.95
-    calibrate: bool = False
-    save: bool = True
-
-    def check(self) -> None:
-        """Refuse unknown names and out-of-range values with one clear line."""
-        if self.operating_point not in OPERATING_POINTS:
-            raise CxrkitError(
-                f"The 'operating-point' parameter must be one of {{{', '.join(OPERATING_POINTS)}}}. "
-                f"Got '{self.operating_point}' instead."
-            )
-        if self.aggregate not in AGGREGATIONS:
-            raise CxrkitError(
-                f"The 'aggregate' parameter must be one of {{{', '.join(AGGREGATIONS)}}}. "
-                f"Got '{self.aggregate}' instead."
-            )
-        if self.operating_point in ("sensitivity", "specificity") and self.target is None:
-            raise CxrkitError(
-                f"operating point '{self.operating_point}' needs --target, e.g. --target 0.9."
-            )
-        if self.target is not None and self.operating_point in ("youden", "max_f1"):
-            raise CxrkitError(
-                f"--target applies to the fixed, sensitivity and specificity operating points, "
-                f"not '{self.operating_point}': drop it, or choose one of those."
-            )
-        if self.target is not None and not 0.0 < self.target < 1.0:
-            raise CxrkitError(f"--target must lie strictly between 0 and 1; got {self.target}.")
-        if self.n_boot < 0:
-            raise CxrkitError(f"--bootstrap must be 0 or more resamples; got {self.n_boot}.")
-        if not 0.5 <= self.level < 1.0:
-            raise CxrkitError(f"--level must lie in [0.5, 1); got {self.level}.")
-
-
-def _fit_thresholds(
-    probs: np.ndarray, y: np.ndarray, mask: np.ndarray, findings: list[str], opts: EvalOptions
-) -> tuple[dict[str, float | None], dict[str, str]]:
-    """Per finding, the operating point fitted on (probs, y, mask); None where it cannot be."""
-    from cxrkit.evaluate.metrics import fit_threshold
-
-    out: dict[str, float | None] = {}
-    why: dict[str, str] = {}
-    for j, f in enumerate(findings):
-        m = mask[:, j]
-        t = (y[m, j] >= 0.5).astype(int)
-        if opts.operating_point == "fixed":
-            out[f] = float(opts.target if opts.target is not None else 0.5)
-        elif t.size == 0 or t.min() == t.max():
-            out[f] = None
-            why[f] = (
-                "no labelled case"
-                if t.size == 0
-                else f"only {'positive' if t[0] else 'negative'} cases"
-            ) + f" in the '{opts.fit_part}' part: 0.5 used"
-        else:
-            out[f] = float(fit_threshold(t, probs[m, j], opts.operating_point, opts.target))
-    return out, why
+#: Bootstrap resamples of the ROC bands written for the report (fewer above 50,000 cases).
+_BAND_RESAMPLES = (100, 30)
 
 
 def _frame_for(index_frame: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
@@ -151,10 +79,10 @@ def _score(
     groups: np.ndarray | None,
     thresholds: dict[str, float | None],
     opts: EvalOptions,
-) -> dict[str, Any]:
+) -> LevelMetrics:
     from cxrkit.evaluate.metrics import evaluate
 
-    return evaluate(
+    metrics = evaluate(
         (y >= 0.5).astype(np.float32),
         mask,
         probs,
@@ -165,9 +93,12 @@ def _score(
         seed=opts.seed,
         level=opts.level,
     )
+    return LevelMetrics.from_dict(metrics)
 
 
-def _calibration(probs: np.ndarray, y: np.ndarray, mask: np.ndarray, findings: list[str]) -> dict:
+def _calibration(
+    probs: np.ndarray, y: np.ndarray, mask: np.ndarray, findings: list[str]
+) -> CalibrationSet:
     from cxrkit.evaluate.metrics import calibration
 
     pooled = calibration((y[mask] >= 0.5).astype(int), probs[mask])
@@ -176,7 +107,7 @@ def _calibration(probs: np.ndarray, y: np.ndarray, mask: np.ndarray, findings: l
         m = mask[:, j]
         if m.any():
             per[f] = calibration((y[m, j] >= 0.5).astype(int), probs[m, j])
-    return {"pooled": pooled, "findings": per}
+    return CalibrationSet.from_dict({"pooled": pooled, "findings": per})
 
 
 def _studies(
@@ -206,21 +137,48 @@ def _studies(
     return ps, ys, ms, smeta
 
 
-def _write_outputs(out: Path, predictions: pd.DataFrame, metrics: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / PREDICTIONS_FILE) as tmp:
-        predictions.to_parquet(tmp, index=False)
-    write_text_atomic(
-        out / METRICS_FILE, json.dumps(metrics, indent=2, allow_nan=False, default=_json) + "\n"
+def _roc_bands(
+    table: pd.DataFrame, metrics: LevelMetrics, findings: list[str], opts: EvalOptions
+) -> dict[str, RocBand]:
+    """The ROC band of each defined finding, from the written prediction table's values."""
+    from cxrkit.evaluate.metrics import roc_band
+
+    n = _BAND_RESAMPLES[0] if len(table) <= 50_000 else _BAND_RESAMPLES[1]
+    out = {}
+    for f in findings:
+        lab = table[LABEL_PREFIX + f].to_numpy(float)
+        m = ~np.isnan(lab)
+        y, s = lab[m].astype(int), table[f].to_numpy(float)[m]
+        if metrics.findings[f].auroc is None or len(y) == 0 or y.min() == y.max():
+            continue
+        groups = table["patient_id"].astype(str).to_numpy()[m] if "patient_id" in table else None
+        grid, lo, hi = roc_band(y, s, groups, n, opts.seed, float(metrics.level))
+        out[f] = RocBand(grid.tolist(), lo.tolist(), hi.tolist())
+    return out
+
+
+def _data_summary(cfg: Any, dm: Any) -> DataSummary:
+    """The label table under the run's policy and the split report, for the report."""
+    from cxrkit.data.index import read_index
+    from cxrkit.data.labels import label_table
+    from cxrkit.data.splits import read_splits, split_report
+
+    frame, targets = dm.index_frame, dm.targets
+    lt = label_table(frame, targets)
+    splits = read_splits(cfg.data.splits, frame)
+    rep = split_report(frame, targets, splits.frame["part"].to_numpy())
+    return DataSummary(
+        index=str(cfg.data.index),
+        image_root=str(read_index(cfg.data.index).root),
+        images=int(len(frame)),
+        patients=int(frame["patient_id"].nunique()),
+        kept=int(len(targets.rows)),
+        label_table=[
+            {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+            for r in lt.to_dict(orient="records")
+        ],
+        split_report=rep,
     )
-
-
-def _json(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
 def evaluate_model(
@@ -230,7 +188,9 @@ def evaluate_model(
     config: str | Path | None = None,
     out: str | Path | None = None,
     progress: Any = None,
-) -> tuple[dict[str, Any], Path]:
+    truth: pd.DataFrame | None = None,
+    write: bool = True,
+) -> tuple[EvalResults, Path]:
     """Evaluate a run's model artifact on one part of its data.
 
     Args:
@@ -240,9 +200,14 @@ def evaluate_model(
         config: a config file, overriding the run's own.
         out: output folder (default ``<run>/eval-<part>``).
         progress: an optional callable ``progress(message)``.
+        truth: score the part against this table instead of the run's labels: one row per image
+            ``path`` (the index), one 0/1 column per finding, every entry labelled (the synthetic
+            datasets' ``synthetic_truth.csv``).
+        write: write ``predictions.parquet`` and ``metrics.json`` (with the data summary and the
+            ROC bands the report draws); False only returns the results.
 
     Returns:
-        (metrics dict, output folder).
+        (the results, the output folder).
     """
     from cxrkit.core.config import load_config
     from cxrkit.data.loader import make_datamodule
@@ -297,8 +262,13 @@ def evaluate_model(
         return probs, ds.y.numpy(), mask, rows
 
     test = predict(opts.part)
-    fit = predict(opts.fit_part) if len(dm.datasets[opts.fit_part]) else None
-    if fit is None:
+    if truth is not None:
+        test = (test[0], *_truth_labels(truth, dm.index_frame, test[3], findings), test[3])
+    # "fixed" thresholds need no fitting data: the fitting part is predicted only when used
+    fit_needed = opts.calibrate or opts.operating_point != "fixed"
+    has_fit = len(dm.datasets[opts.fit_part]) > 0
+    fit = predict(opts.fit_part) if has_fit and fit_needed else None
+    if not has_fit:
         log.warning("the '%s' part is empty: operating points fixed at 0.5", opts.fit_part)
 
     temperature = float(meta.temperature)
@@ -312,24 +282,27 @@ def evaluate_model(
         if fit is not None:
             fit = (apply_temperature(fit[0], temperature), *fit[1:])
 
-    if fit is not None:
-        thresholds, why = _fit_thresholds(fit[0], fit[1], fit[2], findings, opts)
+    points = OperatingPoints(opts.operating_point, opts.target)
+    if has_fit:  # fit is None for "fixed", which needs no data
+        points.fit(*(fit[:3] if fit is not None else (None,) * 3), findings, part=opts.fit_part)
+        thresholds, why = points.thresholds_, points.unfitted_
     else:
         thresholds = dict.fromkeys(findings, 0.5)
         why = dict.fromkeys(findings, f"the '{opts.fit_part}' part is empty: 0.5 used")
-    op_info = {
-        "method": opts.operating_point,
-        "target": opts.target,
-        "fitted_on": opts.fit_part,
-        "level": "image",
-        "unfitted": why,
-    }
+    op_info = OperatingPointInfo(
+        method=opts.operating_point,
+        target=opts.target,
+        fitted_on=opts.fit_part,
+        level="image",
+        unfitted=why,
+        thresholds=thresholds,
+    )
     if opts.save:
         set_operating_points(
             artifact,
             thresholds,
             temperature=temperature if opts.calibrate else None,
-            info=op_info,
+            info={k: v for k, v in op_info.to_dict().items() if k != "thresholds"},
         )
 
     index_frame = dm.index_frame
@@ -339,24 +312,21 @@ def evaluate_model(
         progress(f"scoring with {opts.n_boot} bootstrap resamples over patients")
     image_metrics = _score(test[0], test[1], test[2], findings, groups, thresholds, opts)
     tables = [_prediction_table(tmeta, test[0], test[1], test[2], findings, "image", opts.part)]
-    result: dict[str, Any] = {
-        "cxrkit_version": __version__,
-        "run": str(run) if run else None,
-        "artifact": str(artifact),
-        "part": opts.part,
-        "options": asdict(opts),
-        "output": meta.output,
-        "temperature": temperature,
-        "operating_point": {**op_info, "thresholds": thresholds},
-        "image": image_metrics,
-        "calibration": {
-            "before_temperature": _calibration(raw_test, test[1] >= 0.5, test[2], findings),
-        },
-    }
+    calibration = Calibration(_calibration(raw_test, test[1] >= 0.5, test[2], findings))
     if temperature != 1.0:
-        result["calibration"]["after_temperature"] = _calibration(
-            test[0], test[1] >= 0.5, test[2], findings
-        )
+        calibration.after_temperature = _calibration(test[0], test[1] >= 0.5, test[2], findings)
+    result = EvalResults(
+        image=image_metrics,
+        cxrkit_version=__version__,
+        run=str(run) if run else None,
+        artifact=str(artifact),
+        part=opts.part,
+        options=opts,
+        output=meta.output,
+        temperature=temperature,
+        operating_point=op_info,
+        calibration=calibration,
+    )
 
     if opts.aggregate != "none" and "study_id" in tmeta:
         ps, ys, ms, smeta = _studies(test[0], test[1], test[2], tmeta, opts.aggregate)
@@ -364,252 +334,59 @@ def evaluate_model(
             if fit is not None:
                 fmeta = _frame_for(index_frame, fit[3])
                 fps, fys, fms, _ = _studies(fit[0], fit[1], fit[2], fmeta, opts.aggregate)
-                sthr, swhy = _fit_thresholds(fps, fys, fms, findings, opts)
+                spoints = OperatingPoints(opts.operating_point, opts.target)
+                spoints.fit(fps, fys, fms, findings, part=opts.fit_part)
+                sthr, swhy = spoints.thresholds_, spoints.unfitted_
+            elif has_fit:  # "fixed": no fitting data needed
+                sthr, swhy = points.thresholds_, {}
             else:
                 sthr, swhy = dict.fromkeys(findings, 0.5), {}
             sgroups = smeta["patient_id"].astype(str).to_numpy()
-            result["study"] = _score(ps, ys, ms, findings, sgroups, sthr, opts)
-            result["study"]["aggregate"] = opts.aggregate
-            result["study"]["thresholds"] = sthr
-            result["study"]["unfitted"] = swhy
+            result.study = _score(ps, ys, ms, findings, sgroups, sthr, opts)
+            result.study.aggregate = opts.aggregate
+            result.study.thresholds = sthr
+            result.study.unfitted = swhy
             tables.append(
                 _prediction_table(
                     smeta.drop(columns=["images"]), ps, ys, ms, findings, "study", opts.part
                 ).assign(images=smeta["images"].to_numpy())
             )
-    result["primary"] = "study" if "study" in result else "image"
+    result.primary = "study" if result.study is not None else "image"
     out_dir = Path(out) if out else (run or artifact) / f"eval-{opts.part}"
-    predictions = pd.concat(tables, ignore_index=True)
-    _write_outputs(out_dir, predictions, result)
+    if write:
+        predictions = pd.concat(tables, ignore_index=True)
+        main_table = tables[-1] if result.primary == "study" else tables[0]
+        result.main.roc_bands = _roc_bands(main_table, result.main, findings, opts)
+        result.data = _data_summary(cfg, dm)
+        write_outputs(out_dir, predictions, result)
     return result, out_dir
 
 
-# ---- scoring files ------------------------------------------------------------------------------
-_KEYS = ("path", "Path", "Study", "study", "study_id", "image", "Image Index")
-_PATIENT = re.compile(r"(patient\d+)")
-
-
-def _read_table(path: str | Path, what: str) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise CxrkitError(f"{what} file '{path}' does not exist.")
-    try:
-        if path.suffix.lower() == ".parquet":
-            return pd.read_parquet(path)
-        return pd.read_csv(path)
-    except Exception as e:  # pandas raises many types for a malformed file
-        raise CxrkitError(f"{what} file '{path}' cannot be read as a table ({e}).") from None
-
-
-def _key_column(frame: pd.DataFrame, path: str | Path, what: str) -> str:
-    for k in _KEYS:
-        if k in frame.columns:
-            return k
-    raise CxrkitError(
-        f"{what} file '{path}' has no key column: expected one of {', '.join(_KEYS)} "
-        f"(found {preview(list(frame.columns))})."
-    )
-
-
-def _finding_columns(frame: pd.DataFrame, skip: set[str]) -> dict[str, str]:
-    """canonical finding name → column, for the columns that name a finding."""
-    from cxrkit.core.findings import canonical_name
-
-    out = {}
-    for c in frame.columns:
-        if c in skip or c.startswith(LABEL_PREFIX):
-            continue
-        name = canonical_name(str(c), strict=False)
-        if name is not None:
-            out[name] = c
-    return out
-
-
-def _study_of(path: str) -> str:
-    """CheXpert/MIMIC: the study folder of an image path (``.../patient1/study2/view1.jpg``)."""
-    p = str(path).replace("\\", "/")
-    return p.rsplit("/", 1)[0] if "/" in p else p
-
-
-def _norm_key(values: pd.Series) -> pd.Series:
-    """Paths compared from the patient folder on, so 'CheXpert-v1.0/valid/…' matches 'valid/…'."""
-    s = values.astype(str).str.replace("\\", "/", regex=False).str.strip().str.rstrip("/")
-    m = s.str.extract(r"((?:train|valid|test)/patient\d+/.*)$")[0]
-    return m.fillna(s)
-
-
-def score_files(
-    predictions: str | Path,
-    labels: str | Path,
-    *,
-    findings: list[str] | None = None,
-    aggregate: str = "max",
-    thresholds: dict[str, float] | None = None,
-    threshold: float | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-    out: str | Path | None = None,
-) -> tuple[dict[str, Any], Path | None]:
-    """Score any model's predictions against labels, as :func:`evaluate_model` scores a run.
-
-    Predictions: a CSV or parquet with a key column (``Path``/``path``, ``Study``, ...) and one
-    probability column per finding (names as any dataset spells them). Labels: the same key and
-    1 / 0 per finding; -1, blank and NaN are left out of the scores. When the labels are per
-    study (a ``Study`` column, the CheXpert test layout) and the predictions per image, the
-    images' probabilities are aggregated per study folder (``aggregate``: max or mean).
-
-    Returns:
-        (metrics dict, output folder or None).
-    """
-    from cxrkit.evaluate.metrics import evaluate
-
-    if aggregate not in ("max", "mean"):
+def _truth_labels(
+    truth: pd.DataFrame, index_frame: pd.DataFrame, rows: np.ndarray, findings: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(y, mask) of the predicted rows from a truth table indexed by path."""
+    paths = index_frame["path"].to_numpy()[rows]
+    missing = [f for f in findings if f not in truth.columns]
+    if missing:
+        raise CxrkitError(f"the truth table has no column for {preview(missing)}.")
+    absent = ~pd.Index(paths).isin(truth.index)
+    if absent.any():
         raise CxrkitError(
-            f"The 'aggregate' parameter must be one of {{max, mean}}. Got '{aggregate}' instead."
+            f"{int(absent.sum())} images have no row in the truth table (e.g. "
+            f"'{paths[absent][0]}'): it must hold every image of the part, indexed by path."
         )
-    pred = _read_table(predictions, "predictions")
-    lab = _read_table(labels, "labels")
-    if "level" in pred.columns:  # a cxrkit predictions.parquet: its image rows
-        pred = pred[pred["level"] == "image"]
-    pkey, lkey = _key_column(pred, predictions, "predictions"), _key_column(lab, labels, "labels")
-    meta_cols = {pkey, lkey, "level", "part", "patient_id", "study_id", "view", "images"}
-    pcols, lcols = _finding_columns(pred, meta_cols), _finding_columns(lab, meta_cols)
-    if not pcols:
-        raise CxrkitError(
-            f"predictions file '{predictions}' has no column named after a finding "
-            f"(found {preview(list(pred.columns))})."
-        )
-    if findings:
-        from cxrkit.core.findings import canonical_name
+    y = truth.loc[paths, findings].to_numpy(np.float32)
+    return y, np.ones_like(y, bool)
 
-        wanted = []
-        for f in findings:
-            c = canonical_name(f, strict=False)
-            if c is None or c not in pcols or c not in lcols:
-                raise CxrkitError(
-                    did_you_mean(f, sorted(set(pcols) & set(lcols)), what="finding")
-                    + " (it must be in both files)"
-                )
-            wanted.append(c)
-    else:
-        if set(pcols) != set(lcols):
-            odd_p = [
-                c
-                for c in pred.columns
-                if c not in meta_cols and c not in pcols.values() and not c.startswith(LABEL_PREFIX)
-            ]
-            only_p = sorted(set(pcols) - set(lcols))
-            only_l = sorted(set(lcols) - set(pcols))
-            raise CxrkitError(
-                "finding names differ between predictions and labels: "
-                + (f"only in predictions {preview(only_p)}" if only_p else "")
-                + ("; " if only_p and only_l else "")
-                + (f"only in labels {preview(only_l)}" if only_l else "")
-                + (f"; columns not recognised as findings: {preview(odd_p)}" if odd_p else "")
-                + ". Rename the columns, or pass --findings with the ones to score."
-            )
-        wanted = [f for f in pcols]
-    probs_df = pred[[pcols[f] for f in wanted]].apply(pd.to_numeric, errors="coerce")
-    bad = {}
-    for f in wanted:
-        v = probs_df[pcols[f]].to_numpy(float)
-        n_bad = int((np.isnan(v) | (v < 0) | (v > 1)).sum())
-        if n_bad:
-            bad[f] = n_bad
-    if bad:
-        f, n_bad = next(iter(bad.items()))
-        raise CxrkitError(
-            f"predictions for '{f}' have {n_bad} value(s) outside [0, 1] or missing: pass "
-            "probabilities (apply the sigmoid to logits)."
-        )
-    pk = _norm_key(pred[pkey])
-    lk = _norm_key(lab[lkey])
-    per_study = lkey in ("Study", "study", "study_id") and pkey not in (
-        "Study",
-        "study",
-        "study_id",
-    )
-    p = probs_df.to_numpy(np.float64)
-    if pk.duplicated().any():
-        raise CxrkitError(
-            f"predictions file '{predictions}' has {int(pk.duplicated().sum())} duplicate "
-            f"'{pkey}' value(s) (e.g. '{pk[pk.duplicated()].iloc[0]}'): one row per image expected."
-        )
-    if per_study:
-        pk = pk.map(_study_of)
-        grouped = pd.DataFrame(p, columns=wanted).groupby(pk.to_numpy(), sort=False)
-        agg = grouped.max() if aggregate == "max" else grouped.mean()
-        pk, p = pd.Series(agg.index), agg.to_numpy(np.float64)
-    if lk.duplicated().any():
-        raise CxrkitError(
-            f"labels file '{labels}' has {int(lk.duplicated().sum())} duplicate '{lkey}' value(s)."
-        )
-    pos = pd.Series(np.arange(len(pk)), index=pk.to_numpy())
-    found = lk.isin(pos.index).to_numpy()
-    if not found.any():
-        raise CxrkitError(
-            f"no label row matches a prediction: labels' '{lkey}' looks like "
-            f"'{lk.iloc[0]}', predictions' '{pkey}' like '{pk.iloc[0]}'."
-        )
-    if not found.all():
-        log.warning(
-            "%d of %d label rows have no prediction and are left out (e.g. '%s')",
-            int((~found).sum()),
-            len(found),
-            lk[~found].iloc[0],
-        )
-    lab_sel = lab[found]
-    probs = p[pos[lk[found]].to_numpy()]
-    raw = lab_sel[[lcols[f] for f in wanted]].apply(pd.to_numeric, errors="coerce").to_numpy(float)
-    mask = np.isin(raw, (0.0, 1.0))
-    odd = ~np.isnan(raw) & ~mask & (raw != -1)
-    if odd.any():
-        j = int(np.flatnonzero(odd.any(axis=0))[0])
-        raise CxrkitError(
-            f"labels for '{wanted[j]}' hold values other than 1, 0, -1 or blank "
-            f"(e.g. {raw[odd[:, j], j][0]}): pass the raw labels."
-        )
-    y = np.where(mask, raw, 0.0).astype(np.float32)
-    keys = lk[found].astype(str)
-    if "patient_id" in lab_sel.columns:
-        groups = lab_sel["patient_id"].astype(str).to_numpy()
-    else:
-        pat = keys.str.extract(_PATIENT)[0]
-        groups = pat.to_numpy() if pat.notna().all() else None
-    if threshold is not None:
-        if not 0.0 <= threshold <= 1.0:
-            raise CxrkitError(f"--target (the threshold) must lie in [0, 1]; got {threshold}.")
-        thresholds = dict.fromkeys(wanted, float(threshold)) | dict(thresholds or {})
-    metrics = evaluate(
-        y,
-        mask,
-        probs,
-        wanted,
-        groups=groups,
-        thresholds=thresholds,
-        n_boot=n_boot,
-        seed=seed,
-        level=level,
-    )
-    result = {
-        "cxrkit_version": __version__,
-        "predictions": str(predictions),
-        "labels": str(labels),
-        "level": "study" if per_study else "image",
-        "aggregate": aggregate if per_study else None,
-        "bootstrap_groups": "patient" if groups is not None else "image",
-        "primary": "image",
-        "image": metrics,
-    }
-    out_dir = None
-    if out is not None:
-        out_dir = Path(out)
-        table = pd.DataFrame({"key": keys.to_numpy()})
-        table.insert(0, "level", result["level"])
-        for j, f in enumerate(wanted):
-            table[f] = probs[:, j].astype(np.float32)
-        for j, f in enumerate(wanted):
-            table[LABEL_PREFIX + f] = np.where(mask[:, j], y[:, j], np.nan)
-        _write_outputs(out_dir, table, result)
-    return result, out_dir
+
+__all__ = [
+    "AGGREGATIONS",
+    "LABEL_PREFIX",
+    "METRICS_FILE",
+    "OPERATING_POINTS",
+    "PREDICTIONS_FILE",
+    "EvalOptions",
+    "evaluate_model",
+    "score_files",
+]

@@ -10,28 +10,26 @@ A grid file names a base config, the axes to cross and fixed overrides::
     overrides: [train.max_epochs=34]
 
 Each combination trains as ``runs/<grid name>/<arch>-<mode>...``; a run that fails is recorded and
-the grid goes on; a run whose model artifact exists is evaluated, not retrained. The table follows
-the thesis's Table 1: model, enhancement layers, multilabel (macro) AUC, per-finding AUC and
-accuracy on the test part, with the training time.
+the grid goes on; a run whose model artifact exists is evaluated, not retrained. Each run is
+scored by :func:`cxrkit.evaluate.evaluate.evaluate_model` and the comparison written by
+:func:`cxrkit.evaluate.compare.compare_runs`: the thesis's Table 1 (model, enhancement layers,
+multilabel (macro) AUC, per-finding AUC and accuracy on the test part) and Table 2.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import yaml
 
-from cxrkit.core.config import Config, load_config
+from cxrkit.core.config import load_config
 from cxrkit.core.errors import CxrkitError
-from cxrkit.core.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -60,37 +58,24 @@ def _run_name(combo: dict[str, Any]) -> str:
     return "-".join(str(v).replace("/", "_") for v in combo.values()) or "run"
 
 
-def evaluate_run(folder: Path, cfg: Config, part: str = "test") -> dict[str, Any]:
-    """Per-finding AUROC, macro AUC and accuracy at 0.5 of a run's model artifact on one part."""
-    import torch
-
-    from cxrkit.data.loader import make_datamodule
-    from cxrkit.evaluate.inference import masked_auroc, predict_part, scoring_mask
-    from cxrkit.model.artifact import load_artifact
-
-    model, meta = load_artifact(folder / "model")
-    dm = make_datamodule(cfg)
-    probs, rows = predict_part(model, dm, part, meta.output)
-    ds = dm.datasets[part]
-    y, mask = ds.y.numpy(), scoring_mask(ds.y, ds.mask, meta.output).numpy()
-    aucs = masked_auroc(torch.from_numpy(probs), torch.from_numpy(y), torch.from_numpy(mask))
-    correct = ((probs >= 0.5) == (y >= 0.5)) & mask
-    valid = [a for a in aucs if a == a]
-    return {
-        "findings": list(meta.labels),
-        "auc": dict(zip(meta.labels, aucs, strict=True)),
-        "macro_auc": float(np.mean(valid)) if valid else float("nan"),
-        "accuracy": float(correct.sum() / max(mask.sum(), 1)),
-        "n": int(len(rows)),
-    }
-
-
 def run_grid(path: str | Path, overrides: list[str] | None = None) -> pd.DataFrame:
-    """Train and evaluate every combination; write ``comparison.md``/``.csv``/``.json``; return the table."""
+    """Train and evaluate every combination; write the comparison; return the table.
+
+    Each finished run is evaluated as ``cxrkit evaluate RUN`` does (:func:`evaluate_model` with the
+    default options: Youden thresholds fitted on val, stored in the artifact, ``eval-test/``
+    written), and the runs are compared by :func:`cxrkit.evaluate.compare.compare_runs` into
+    ``<train.out>/<grid name>/comparison.{md,csv,json}`` (failed runs listed as failed). The
+    returned table has one row per combination: ``run``, ``model``, ``enhancement``,
+    ``input_mode``, ``train_minutes``, ``multilabel_auc``, ``accuracy`` (at the fitted operating
+    points), ``<finding> AUC`` and ``status``.
+    """
+    from cxrkit.evaluate.compare import compare_runs
+    from cxrkit.evaluate.evaluate import EvalOptions, evaluate_model
     from cxrkit.train.loop import run_folder, train
 
     base, name, combos, fixed = read_grid(path)
     rows = []
+    evaluated: dict[str, Path] = {}
     out_dir: Path | None = None
     for combo in combos:
         run_over = fixed + [f"{k}={v}" for k, v in combo.items()] + list(overrides or [])
@@ -115,13 +100,9 @@ def run_grid(path: str | Path, overrides: list[str] | None = None) -> pd.DataFra
                 row["train_minutes"] = round((time.perf_counter() - t0) / 60, 2)
             else:
                 row["train_minutes"] = None
-            ev = evaluate_run(folder, cfg)
-            row.update(
-                multilabel_auc=ev["macro_auc"],
-                accuracy=ev["accuracy"],
-                **{f"{f} AUC": a for f, a in ev["auc"].items()},
-                status="ok",
-            )
+            evaluate_model(folder, EvalOptions())
+            evaluated[label] = folder
+            row["status"] = "ok"
         except (CxrkitError, Exception) as e:  # a failed run is recorded, the grid goes on
             log.error(
                 "run %s failed: %s", label, str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -129,30 +110,18 @@ def run_grid(path: str | Path, overrides: list[str] | None = None) -> pd.DataFra
             log.debug("%s", traceback.format_exc())
             row["status"] = f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
         rows.append(row)
-    table = pd.DataFrame(rows)
     if out_dir is None:
         out_dir = Path("runs") / name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / "comparison.csv", table.to_csv(index=False))
-    write_text_atomic(
-        out_dir / "comparison.json",
-        json.dumps(table.to_dict(orient="records"), indent=2, default=str),
-    )
-    write_text_atomic(out_dir / "comparison.md", _markdown(table))
-    return table
-
-
-def _markdown(table: pd.DataFrame) -> str:
-    cols = [c for c in table.columns if c not in ("run",)]
-    lines = ["| " + " | ".join(["run", *cols]) + " |", "|" + "---|" * (len(cols) + 1)]
-    for _, r in table.iterrows():
-        cells = [str(r["run"])]
-        for c in cols:
-            v = r.get(c)
-            cells.append(
-                f"{v:.3f}"
-                if isinstance(v, float) and v == v
-                else ("" if v is None or v != v else str(v))
+    failed = {r["run"]: r["status"].removeprefix("failed: ") for r in rows if r["status"] != "ok"}
+    result, _ = compare_runs(list(evaluated.values()), out_dir, failed=failed)
+    scores = {r["run"]: r for r in result["table"]}
+    for row in rows:
+        s = scores.get(row["run"])
+        if s is not None:
+            row.update(
+                multilabel_auc=s["multilabel AUC"],
+                accuracy=s["accuracy"],
+                **{f"{f} AUC": s[f"{f} AUC"] for f in result["findings"]},
             )
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            row["status"] = row.pop("status")  # last column, as before
+    return pd.DataFrame(rows)
