@@ -21,7 +21,6 @@ An image that cannot be decoded is stored as zeros, marked ``ok=False`` and list
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -42,6 +41,7 @@ from cxrkit.core.fileio import atomic_path, write_text_atomic
 from cxrkit.core.parallel import process_pool, usable_cores
 from cxrkit.data.imaging import ImageReadError, check_fit, read_image, resize_square, to_uint8
 from cxrkit.data.index import Index, index_fingerprint
+from cxrkit.data.npy import build_lock, npy_layout, sample_digest
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,6 @@ IMAGES_FILE = "images.npy"
 ROWS_FILE = "rows.parquet"
 MANIFEST_FILE = "manifest.json"
 JOURNAL_FILE = "journal.jsonl"
-LOCK_FILE = ".lock"
 #: Rows per chunk: the unit of work of a worker and of the journal.
 DEFAULT_CHUNK = 64
 MAX_SIZE = 4096
@@ -220,7 +219,7 @@ def build_cache(
         return _info(folder, done, decoded=0, resumed=0, seconds=time.perf_counter() - t0)
 
     folder.mkdir(parents=True, exist_ok=True)
-    with _lock(folder):
+    with build_lock(folder):
         journal = _open_journal(folder, key, shape)
         todo = [i for i in range(n) if i not in journal]
         resumed = n - len(todo)
@@ -257,24 +256,10 @@ def _info(
     )
 
 
-def _sample_digest(path: Path) -> dict[str, Any]:
-    """Size and a cheap checksum of a large file: sha256 over 64 KiB blocks at 33 evenly spaced
-    offsets (the first and the last included). Catches truncation, a zeroed or overwritten region
-    of any real size, and a file swapped for another, in milliseconds whatever the cache's size."""
-    size = path.stat().st_size
-    block = 1 << 16
-    digest = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        for k in range(33):
-            f.seek(max(0, (size - block) * k // 32))
-            digest.update(f.read(block))
-    return {"bytes": size, "sample_sha256": digest.hexdigest()}
-
-
 def _damage(folder: Path, manifest: dict[str, Any]) -> str | None:
     """What is wrong with a complete cache's array on disk, or None when it is as it was written."""
     images = folder / IMAGES_FILE
-    shape, offset = _npy_layout(images)
+    shape, offset = npy_layout(images)
     if shape is None or list(shape) != list(manifest.get("shape", [])):
         return f"{IMAGES_FILE} is not the {manifest.get('shape')} uint8 array its manifest names"
     want = offset + int(np.prod(shape))
@@ -282,7 +267,7 @@ def _damage(folder: Path, manifest: dict[str, Any]) -> str | None:
     if have != want:
         return f"{IMAGES_FILE} has {have:,} bytes, {want:,} expected (truncated or overwritten)"
     recorded = manifest.get("images_digest")
-    if recorded and _sample_digest(images) != recorded:
+    if recorded and sample_digest(images) != recorded:
         return f"{IMAGES_FILE} differs from what was written (its checksum does not match)"
     return None
 
@@ -311,27 +296,6 @@ def _complete_manifest(folder: Path, key: str) -> dict[str, Any] | None:
     return manifest
 
 
-@contextlib.contextmanager
-def _lock(folder: Path) -> Iterator[None]:
-    """Refuse a second build of the same cache at the same time (POSIX advisory lock)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock
-        yield
-        return
-    with open(folder / LOCK_FILE, "w") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise CxrkitError(
-                f"another `cxrkit cache` is building '{folder}' now; wait for it to finish."
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 # The journal: {row: (orig_height, orig_width, error or None)} of every finished row.
 _Journal = dict[int, tuple[int, int, "str | None"]]
 
@@ -340,7 +304,7 @@ def _open_journal(folder: Path, key: str, shape: tuple[int, int, int]) -> _Journ
     """Read the journal of an interrupted build, or start a fresh build (array + journal)."""
     images, jpath = folder / IMAGES_FILE, folder / JOURNAL_FILE
     journal: _Journal = {}
-    if jpath.is_file() and images.is_file() and _npy_layout(images)[0] == shape:
+    if jpath.is_file() and images.is_file() and npy_layout(images)[0] == shape:
         lines = jpath.read_text().splitlines()
         header = _json_or_none(lines[0]) if lines else None
         if header and header.get("key") == key:
@@ -374,23 +338,6 @@ def _json_or_none(line: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _npy_layout(path: Path) -> tuple[tuple[int, ...] | None, int]:
-    """The shape of a uint8 .npy file (None if it is not one) and where its data starts.
-
-    Read from the header alone, so that a truncated file still tells what it should hold."""
-    fmt = np.lib.format
-    try:
-        with open(path, "rb") as f:
-            version = fmt.read_magic(f)
-            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-            shape, fortran, dtype = read(f)
-            offset = f.tell()
-    except (OSError, ValueError, EOFError):
-        return None, 0
-    ok = dtype == np.uint8 and not fortran
-    return (tuple(int(s) for s in shape) if ok else None), offset
-
-
 def _chunks(todo: Sequence[int], n_chunks_hint: int, chunk_size: int | None) -> list[list[int]]:
     if chunk_size is None:
         chunk_size = max(1, min(DEFAULT_CHUNK, -(-len(todo) // max(1, n_chunks_hint))))
@@ -413,7 +360,7 @@ def _decode_all(
     chunks = _chunks(todo, workers * 4, chunk_size)
     workers = min(workers, len(chunks))
     images = folder / IMAGES_FILE
-    job = _Job(str(images), _npy_layout(images)[1], shape[1], fit, root)
+    job = _Job(str(images), npy_layout(images)[1], shape[1], fit, root)
     tasks = [(job, [(i, paths[i]) for i in chunk]) for chunk in chunks]
     with open(folder / JOURNAL_FILE, "a") as jf:
         if workers == 1:
@@ -527,7 +474,7 @@ def _finish(
         "dataset": index.meta.get("dataset"),
         "cxrkit_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "images_digest": _sample_digest(folder / IMAGES_FILE),
+        "images_digest": sample_digest(folder / IMAGES_FILE),
         "complete": True,
     }
     write_text_atomic(folder / MANIFEST_FILE, json.dumps(manifest, indent=2))
