@@ -12,7 +12,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,6 +21,9 @@ from rich.table import Table
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from cxrkit.core.errors import CxrkitError
+
+if TYPE_CHECKING:
+    from cxrkit.evaluate.results import LevelMetrics
 
 console = Console(soft_wrap=True)
 if not console.is_terminal and "COLUMNS" not in os.environ:
@@ -207,8 +210,9 @@ def _num(v, digits: int = 3) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
-def _print_metrics(metrics: dict, title: str) -> None:
-    lvl = int(round(metrics.get("level", 0.95) * 100))
+def _print_metrics(metrics: LevelMetrics, title: str) -> None:
+    """One level's metrics (:class:`~cxrkit.evaluate.results.LevelMetrics`) as a table."""
+    lvl = int(round((metrics.level or 0.95) * 100))
     t = Table(title=title, title_justify="left")
     for col in (
         "finding",
@@ -222,66 +226,45 @@ def _print_metrics(metrics: dict, title: str) -> None:
         "F1",
     ):
         t.add_column(col, justify="left" if col == "finding" else "right", no_wrap=True)
-    for f, m in metrics["findings"].items():
-        if m.get("auroc") is None:
+    for f, m in metrics.findings.items():
+        if m.auroc is None:
             t.add_row(
-                f,
-                str(m.get("positives", "")),
-                str(m.get("negatives", "")),
-                f"undefined: {m.get('undefined') or ''}",
-                "",
-                "",
-                "",
-                "",
-                "",
-            )
+                f, str(m.positives), str(m.negatives), f"undefined: {m.undefined or ''}",
+                "", "", "", "", "",
+            )  # fmt: skip
             continue
         t.add_row(
             f,
-            f"{m['positives']:,}",
-            f"{m['negatives']:,}",
-            _ci_text(m["auroc"], m.get("auroc_ci")),
-            _num(m.get("auprc")),
-            _num(m.get("threshold")),
-            _num(m.get("sensitivity")),
-            _num(m.get("specificity")),
-            _num(m.get("f1")),
+            f"{m.positives:,}",
+            f"{m.negatives:,}",
+            _ci_text(m.auroc, m.auroc_ci),
+            _num(m.auprc),
+            _num(m.threshold),
+            _num(m.sensitivity),
+            _num(m.specificity),
+            _num(m.f1),
         )
-    avg = metrics["average"]
+    avg = metrics.average
     t.add_row(
         "[bold]macro[/bold]",
         "",
         "",
-        f"[bold]{_ci_text(avg.get('macro_auroc'), avg.get('macro_auroc_ci'))}[/bold]",
-        _num(avg.get("macro_auprc")),
+        f"[bold]{_ci_text(avg.macro_auroc, avg.macro_auroc_ci)}[/bold]",
+        _num(avg.macro_auprc),
         "",
-        _num(avg.get("macro_sensitivity")),
-        _num(avg.get("macro_specificity")),
-        _num(avg.get("macro_f1")),
+        _num(avg.macro_sensitivity),
+        _num(avg.macro_specificity),
+        _num(avg.macro_f1),
     )
-    if avg.get("micro_auroc") is not None:
+    if avg.micro_auroc is not None:
+        t.add_row("micro", "", "", _ci_text(avg.micro_auroc, avg.micro_auroc_ci), *[""] * 5)
+    if avg.competition_auroc is not None:
         t.add_row(
-            "micro",
+            f"competition ({len(avg.competition_findings or [])} of 5)",
             "",
             "",
-            _ci_text(avg["micro_auroc"], avg.get("micro_auroc_ci")),
-            "",
-            "",
-            "",
-            "",
-            "",
-        )
-    if avg.get("competition_auroc") is not None:
-        t.add_row(
-            f"competition ({len(avg.get('competition_findings') or [])} of 5)",
-            "",
-            "",
-            _ci_text(avg["competition_auroc"], avg.get("competition_auroc_ci")),
-            "",
-            "",
-            "",
-            "",
-            "",
+            _ci_text(avg.competition_auroc, avg.competition_auroc_ci),
+            *[""] * 5,
         )
     console.print(t)
 

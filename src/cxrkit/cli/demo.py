@@ -97,14 +97,11 @@ def _demo_train_and_score(
     """Steps 6 and 7 of the demo: train, then score the test part (against the planted truth)."""
     import time
 
-    import numpy as np
     import pandas as pd
-    import torch
 
     from cxrkit.core.config import load_config
-    from cxrkit.data.loader import make_datamodule
-    from cxrkit.evaluate.inference import masked_auroc, predict_part
-    from cxrkit.model.artifact import load_artifact
+    from cxrkit.evaluate.evaluate import EvalOptions, evaluate_model
+    from cxrkit.report.build import build_report
     from cxrkit.train.loop import train
 
     _quiet_lightning()
@@ -145,36 +142,37 @@ def _demo_train_and_score(
     else:
         console.print(f"reusing the trained run {run}")
     console.rule("7. held-out evaluation (test part, patient-disjoint)")
-    model, meta = load_artifact(run / "model")
-    dm = make_datamodule(cfg)
-    probs, rows = predict_part(model, dm, "test", meta.output)
-    ds = dm.datasets["test"]
-    y, mask, source = ds.y.numpy(), ds.mask.numpy(), "the test part's labels"
     truth_file = folder / "synthetic_truth.csv"
+    truth, source = None, "the test part's labels"
     if synthetic and truth_file.is_file():
         truth = pd.read_csv(truth_file).set_index("path")
-        paths = dm.index_frame["path"].to_numpy()[rows]
-        y = truth.loc[paths, list(meta.labels)].to_numpy(np.float32)
-        mask = np.ones_like(y, bool)
         source = "the planted truth (synthetic_truth.csv)"
-    aucs = masked_auroc(torch.from_numpy(probs), torch.from_numpy(y), torch.from_numpy(mask))
-    t = Table(title=f"test AUROC against {source}: {len(rows):,} images", title_justify="left")
+    # the one scorer, with the planted truth as the labels; nothing written, no bootstrap
+    held_out, _ = evaluate_model(
+        run,
+        EvalOptions(operating_point="fixed", n_boot=0, aggregate="none", save=False),
+        truth=truth,
+        write=False,
+    )
+    scores = held_out.image
+    t = Table(
+        title=f"test AUROC against {source}: {scores.n_images:,} images", title_justify="left"
+    )
     t.add_column("finding", no_wrap=True)
     t.add_column("AUROC", justify="right")
-    for f, a in zip(meta.labels, aucs, strict=True):
-        t.add_row(f, "undefined" if a != a else f"{a:.3f}")
-    valid = [a for a in aucs if a == a]
-    mean = float(np.mean(valid)) if valid else float("nan")
-    t.add_row("[bold]mean[/bold]", f"[bold]{mean:.3f}[/bold]")
+    for f, m in scores.findings.items():
+        t.add_row(f, "undefined" if m.auroc is None else f"{m.auroc:.3f}")
+    mean = scores.average.macro_auroc
+    t.add_row(
+        "[bold]mean[/bold]",
+        "[bold]undefined[/bold]" if mean is None else f"[bold]{mean:.3f}[/bold]",
+    )
     console.print(t)
     console.rule("8. evaluation with confidence intervals, operating points and the report")
-    from cxrkit.evaluate.evaluate import EvalOptions, evaluate_model
-    from cxrkit.report.build import build_report
-
     result, folder = evaluate_model(run, EvalOptions(operating_point="youden"))
-    primary = result["primary"]
+    primary = result.primary
     _print_metrics(
-        result[primary],
+        result.main,
         f"{primary}-level metrics against the test part's labels (uncertain = positive); "
         "thresholds: Youden's J on the validation part",
     )

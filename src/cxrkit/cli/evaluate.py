@@ -186,7 +186,7 @@ def _score_files(
     out: Path | None,
 ) -> None:
     """``evaluate --predictions --labels``: score any model's outputs and print the metrics."""
-    from cxrkit.evaluate.evaluate import score_files
+    from cxrkit.evaluate.files import score_files
 
     if predictions is None or labels is None:
         raise CxrkitError("--predictions and --labels go together: pass both files.")
@@ -209,7 +209,7 @@ def _score_files(
         level=level,
         out=out,
     )
-    _print_metrics(result["image"], f"{result['level']}-level metrics: {predictions}")
+    _print_metrics(result.image, f"{result.level}-level metrics: {predictions}")
     if folder:
         console.print(f"metrics in {folder / 'metrics.json'}")
     else:
@@ -252,22 +252,22 @@ def _score_run(
     result, folder = evaluate_model(
         run, opts, config=config, out=out, progress=lambda msg: console.print(msg)
     )
-    primary = result["primary"]
-    if calibrate:
-        c = result["calibration"]
-        after = c.get("after_temperature", c["before_temperature"])["pooled"]["ece"]
+    primary = result.primary
+    if calibrate and result.calibration is not None:
+        c = result.calibration
+        after = (c.after_temperature or c.before_temperature).pooled.ece
         console.print(
-            f"temperature {result['temperature']:.3f} fitted on '{fit_split}': expected "
-            f"calibration error {c['before_temperature']['pooled']['ece']:.3f} → {after:.3f}"
+            f"temperature {result.temperature:.3f} fitted on '{fit_split}': expected "
+            f"calibration error {c.before_temperature.pooled.ece:.3f} → {after:.3f}"
         )
     _print_metrics(
-        result[primary],
-        f"{primary}-level metrics on '{split}' ({result[primary]['n_images']:,} {primary}s); "
+        result.main,
+        f"{primary}-level metrics on '{split}' ({result.main.n_images:,} {primary}s); "
         f"operating point {operating_point} fitted on '{fit_split}'",
     )
     if save:
         console.print(
-            f"operating points ({operating_point}) stored in {result['artifact']}/model.json"
+            f"operating points ({operating_point}) stored in {result.artifact}/model.json"
         )
     console.print(f"predictions and metrics in {folder}")
 
@@ -283,7 +283,7 @@ def compare_cmd(
     ] = None,
 ) -> None:
     """One table across runs (the thesis's Table 1 and 2) and DeLong tests between them."""
-    from cxrkit.report.build import compare_runs
+    from cxrkit.evaluate.compare import compare_runs
 
     result, folder = compare_runs(list(runs), out)
     findings = result["findings"]
