@@ -1,8 +1,9 @@
 """CLI commands that use a trained model artifact: predict, explain, export, import, serve.
 
 They live apart from :mod:`cxrkit.cli.app` to keep that file readable; :func:`register` adds them to
-the main typer app. Library code lives in :mod:`cxrkit.use.predict` and :mod:`cxrkit.model.interop`; the
-helpers of :mod:`cxrkit.cli.app` are imported inside the commands (that module imports this one).
+the main typer app. Library code lives in :mod:`cxrkit.use.predict`, :mod:`cxrkit.model.onnx` and
+:mod:`cxrkit.model.importers`; the helpers of :mod:`cxrkit.cli.app` are imported inside the commands
+(that module imports this one).
 """
 
 from __future__ import annotations
@@ -210,7 +211,7 @@ def export_onnx_cmd(
     import json
 
     from cxrkit.cli.app import console
-    from cxrkit.model.interop import export_onnx, onnx_meta_path
+    from cxrkit.model.onnx import export_onnx, onnx_meta_path
 
     path = export_onnx(artifact, out, opset, exporter=exporter)
     facts = json.loads(onnx_meta_path(path).read_text(encoding="utf-8"))["onnx"]
@@ -256,7 +257,7 @@ def import_chexnet_cmd(
 ) -> None:
     """Import CheXNet weights (e.g. arnoweng/CheXNet's model.pth.tar): 14 NIH findings."""
     from cxrkit.cli.app import _guard_output
-    from cxrkit.model.interop import import_chexnet
+    from cxrkit.model.importers import import_chexnet
 
     _guard_output(out, weights)
     _imported(import_chexnet(weights, out, overwrite=force))
@@ -276,7 +277,7 @@ def import_xrv_cmd(
 ) -> None:
     """Import torchxrayvision weights (saved with torch.save(model.state_dict(), PATH))."""
     from cxrkit.cli.app import _guard_output
-    from cxrkit.model.interop import import_torchxrayvision
+    from cxrkit.model.importers import import_torchxrayvision
 
     _guard_output(out, weights)
     _imported(import_torchxrayvision(weights, out, name=name, overwrite=force))
