@@ -49,8 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 from cxrkit.core.findings import CHEXPERT_FINDINGS  # noqa: E402
 from cxrkit.data.inputs import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from cxrkit.model.artifact import save_artifact  # noqa: E402
+from cxrkit.model.networks import create_model  # noqa: E402
 from cxrkit.model.onnx import export_onnx  # noqa: E402
-from cxrkit.model.networks import create_model, save_artifact  # noqa: E402
 from cxrkit.synthetic.render import render, sample_anatomy  # noqa: E402
 from cxrkit.use.predict import Predictor  # noqa: E402
 
