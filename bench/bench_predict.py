@@ -3,7 +3,7 @@
 DenseNet-121, 224 px, random weights, on the CPU with each library's default thread count:
 (a) cxrkit ``Predictor`` with ``runtime="torch"`` (timm network, eager, ``gray3`` and ``gray1``);
 (b) cxrkit ``Predictor`` with ``runtime="onnx"`` after ``export_onnx`` (onnxruntime's default
-    session, as ``cxrkit.model.interop.open_onnx_session`` opens it);
+    session, as ``cxrkit.model.onnx.open_onnx_session`` opens it);
 (c) torchxrayvision's ``xrv.models.DenseNet(weights=None)`` (1 channel, 18 outputs) in
     ``torch.inference_mode()``.
 
@@ -49,8 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 from cxrkit.core.findings import CHEXPERT_FINDINGS  # noqa: E402
 from cxrkit.data.inputs import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from cxrkit.model.interop import export_onnx  # noqa: E402
-from cxrkit.model.networks import create_model, save_artifact  # noqa: E402
+from cxrkit.model.artifact import save_artifact  # noqa: E402
+from cxrkit.model.networks import create_model  # noqa: E402
+from cxrkit.model.onnx import export_onnx  # noqa: E402
 from cxrkit.synthetic.render import render, sample_anatomy  # noqa: E402
 from cxrkit.use.predict import Predictor  # noqa: E402
 

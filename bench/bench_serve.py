@@ -43,8 +43,9 @@ from bench_predict import OthersCpu, proc_cpu_s, synthetic_films, wait_quiet  # 
 from common import report  # noqa: E402
 from cxrkit.core.findings import CHEXPERT_FINDINGS  # noqa: E402
 from cxrkit.data.inputs import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from cxrkit.model.interop import export_onnx  # noqa: E402
-from cxrkit.model.networks import create_model, save_artifact  # noqa: E402
+from cxrkit.model.artifact import save_artifact  # noqa: E402
+from cxrkit.model.networks import create_model  # noqa: E402
+from cxrkit.model.onnx import export_onnx  # noqa: E402
 
 log = logging.getLogger("bench_serve")
 SIZE = 224

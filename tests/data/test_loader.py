@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from cxrkit.core.config import DataSection
 from cxrkit.data.adapters import build_index
 from cxrkit.data.cache import build_cache, open_cache
 from cxrkit.data.imaging import load_for_cache
 from cxrkit.data.index import write_index
-from cxrkit.data.inputs import AugmentConfig
 from cxrkit.data.labels import LabelPolicy
-from cxrkit.data.loader import CacheDataset, CXRDataModule, DataConfig, balanced_weights
+from cxrkit.data.loader import CacheDataset, CXRDataModule, balanced_weights
 from cxrkit.data.splits import make_splits, write_splits
 from cxrkit.synthetic.layouts import generate
 
@@ -33,9 +33,9 @@ def prepared(tmp_path_factory) -> dict:
     return {"tmp": tmp, "index": index, "policy": policy, "splits": splits, "cache": info.path}
 
 
-def module(prepared, **kw) -> CXRDataModule:
+def module(prepared, seed: int = 0, **kw) -> CXRDataModule:
     t = prepared["tmp"]
-    cfg = DataConfig(
+    cfg = DataSection(
         index=str(t / "index.parquet"),
         cache=str(prepared["cache"]),
         splits=str(t / "splits.parquet"),
@@ -43,7 +43,7 @@ def module(prepared, **kw) -> CXRDataModule:
         batch_size=16,
         **kw,
     )
-    dm = CXRDataModule(cfg)
+    dm = CXRDataModule(cfg, seed=seed)
     dm.setup("fit")
     return dm
 
@@ -73,7 +73,7 @@ def test_batches_are_uint8_with_targets_and_masks(prepared):
 
 
 def test_input_pipeline_applied_after_transfer(prepared):
-    dm = module(prepared, input_mode="enhanced", augment=AugmentConfig())
+    dm = module(prepared, input_mode="enhanced", augment=True)
     batch = next(iter(dm.val_dataloader()))
     out = dm.on_after_batch_transfer(batch, 0)  # no trainer: evaluation pipeline, no augmentation
     assert out["input"].shape == (16, 3, 48, 48) and out["input"].dtype == torch.float32
@@ -86,6 +86,21 @@ def test_training_loader_is_seeded(prepared):
     assert torch.equal(rows[0], rows[1])
     other = next(iter(module(prepared, seed=1).train_dataloader()))["row"]
     assert not torch.equal(rows[0], other)
+
+
+def test_make_datamodule_takes_the_config_s_data_section_and_seed(prepared):
+    from cxrkit.core.config import Config, TrainSection
+    from cxrkit.data.inputs import AugmentConfig
+    from cxrkit.data.loader import make_datamodule
+
+    base = module(prepared, seed=1)
+    cfg = Config(data=base.cfg, train=TrainSection(seed=1))
+    dm = make_datamodule(cfg)
+    assert dm.cfg is cfg.data and dm.seed == 1 and dm.train_part == "train"
+    assert dm.train_pipe.aug == AugmentConfig() and dm.eval_pipe.aug is None
+    first = next(iter(dm.train_dataloader()))["row"]
+    assert torch.equal(first, next(iter(base.train_dataloader()))["row"])
+    assert module(prepared, augment=False).train_pipe.aug is None
 
 
 def test_balanced_sampler_draws_rare_findings_more():

@@ -21,7 +21,7 @@ from cxrkit.core.findings import FINDINGS
 from cxrkit.data.index import Index, make_frame, write_index
 from cxrkit.data.labels import LabelPolicy
 from cxrkit.data.splits import (
-    METHODS,
+    SPLIT_METHODS,
     Splits,
     make_splits,
     read_splits,
@@ -103,7 +103,7 @@ def structures(draw):
         blank=draw(st.sampled_from(["zero", "ignore"])),
         uncertain=draw(st.sampled_from(["ones", "ignore", "multiclass"])),
     )
-    method = draw(st.sampled_from(METHODS))
+    method = draw(st.sampled_from(SPLIT_METHODS))
     folds = draw(st.sampled_from([None, None, 2, 3])) if method != "official" else None
     fractions = draw(st.sampled_from([(0.7, 0.1, 0.2), (0.8, 0.2), (0.5, 0.25, 0.25)]))
     return frame, policy, method, folds, fractions, n_patients, draw(st.integers(0, 2**16))
@@ -487,3 +487,13 @@ def test_iterative_on_small_data_with_multi_image_patients():
             devs[m].append(make_splits(f, t, method=m, seed=seed).report["max_dev_pp"])
     assert max(devs["iterative"]) < 4.0
     assert np.mean(devs["iterative"]) < np.mean(devs["random"]) / 3
+
+
+def test_old_name_of_the_split_methods_still_resolves():
+    import cxrkit.data.splits as splits_module
+    from cxrkit._legacy import CxrkitDeprecationWarning
+
+    with pytest.warns(CxrkitDeprecationWarning, match="SPLIT_METHODS"):
+        assert splits_module.METHODS == SPLIT_METHODS
+    with pytest.raises(AttributeError):
+        splits_module.NOT_A_NAME  # noqa: B018

@@ -65,7 +65,7 @@ def test_hflip_tta_averages_the_mirror_image(members):
 def test_ensembles_explain_export_and_serve(members, tmp_path):
     from fastapi.testclient import TestClient
 
-    from cxrkit.model.interop import export_onnx
+    from cxrkit.model.onnx import export_onnx
     from cxrkit.use.explain import Explainer
     from cxrkit.use.serve import create_app
 

@@ -215,6 +215,10 @@ def test_artifact_round_trip(tmp_path) -> None:
     assert meta.extra == {"epochs": 1}
     raw = json.loads((folder / META_FILE).read_text())
     assert raw["architecture"] == "resnet18" and len(raw["weights_sha256"]) == 64
+    assert raw["timm_version"] == meta.timm_version == timm.__version__
+    del raw["timm_version"]  # an older model.json: the installed timm's version, as before
+    (folder / META_FILE).write_text(json.dumps(raw))
+    assert load_artifact(folder)[1].timm_version == timm.__version__
 
 
 def test_artifact_findings_must_match_outputs(tmp_path) -> None:

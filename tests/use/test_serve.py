@@ -256,7 +256,7 @@ def test_page_in_headless_chromium(live_server, browser, tmp_path):
 def test_auto_runtime_serves_the_onnx_export(artifact, tmp_path):
     import shutil
 
-    from cxrkit.model.interop import export_onnx
+    from cxrkit.model.onnx import export_onnx
     from cxrkit.use.predict import Predictor
 
     art = tmp_path / "model"

@@ -2,7 +2,8 @@
 serve, export onnx, import chexnet/torchxrayvision (parse, call the library, print).
 
 Library code lives in :mod:`cxrkit.use.predict`, :mod:`cxrkit.use.explain`, :mod:`cxrkit.use.serve`,
-:mod:`cxrkit.model.ensemble` and :mod:`cxrkit.model.interop`.
+:mod:`cxrkit.model.ensemble`, :mod:`cxrkit.model.onnx` and
+:mod:`cxrkit.model.importers`.
 """
 
 from __future__ import annotations
@@ -374,7 +375,7 @@ def export_onnx_cmd(
     """Export the network to ONNX (normalised input → logits) plus model.onnx.json (preprocessing, labels, thresholds)."""
     import json
 
-    from cxrkit.model.interop import export_onnx, onnx_meta_path
+    from cxrkit.model.onnx import export_onnx, onnx_meta_path
 
     path = export_onnx(artifact, out, opset, exporter=exporter)
     facts = json.loads(onnx_meta_path(path).read_text(encoding="utf-8"))["onnx"]
@@ -418,7 +419,7 @@ def import_chexnet_cmd(
     force: ForceOpt = False,
 ) -> None:
     """Import CheXNet weights (e.g. arnoweng/CheXNet's model.pth.tar): 14 NIH findings."""
-    from cxrkit.model.interop import import_chexnet
+    from cxrkit.model.importers import import_chexnet
 
     _guard_output(out, weights)
     _imported(import_chexnet(weights, out, overwrite=force))
@@ -437,7 +438,7 @@ def import_xrv_cmd(
     force: ForceOpt = False,
 ) -> None:
     """Import torchxrayvision weights (saved with torch.save(model.state_dict(), PATH))."""
-    from cxrkit.model.interop import import_torchxrayvision
+    from cxrkit.model.importers import import_torchxrayvision
 
     _guard_output(out, weights)
     _imported(import_torchxrayvision(weights, out, name=name, overwrite=force))

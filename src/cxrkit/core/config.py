@@ -25,7 +25,19 @@ from cxrkit.core.errors import CxrkitError, did_you_mean
 
 @dataclass
 class DataSection:
-    """What to train on: the artifacts of ``cxrkit index``, ``split`` and ``cache``."""
+    """What to train on: the artifacts of ``cxrkit index``, ``split`` and ``cache``, and how to batch.
+
+    The one description of a data module's inputs: :class:`cxrkit.data.loader.CXRDataModule` takes
+    this section (and ``train.seed``).
+
+    Attributes:
+        index, splits, cache: the index Parquet, the splits Parquet and the cache folder.
+        policy: the label policy: a preset name, a YAML path, or a mapping of LabelPolicy fields.
+        input_mode: ``gray1``, ``gray3`` or ``enhanced``.
+        batch_size, num_workers: the loaders' batch size and worker processes.
+        augment: augment training batches (the default :class:`~cxrkit.data.inputs.AugmentConfig`).
+        balance: draw training images of rare findings more often.
+    """
 
     index: str = "index.parquet"
     splits: str = "splits.parquet"

@@ -5,44 +5,57 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 from cxrkit.core.errors import CxrkitError
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+#: new file, never an existing one; the mode argument of os.open is then masked by the umask
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
 
-#: Files are created with the usual mode (0666 less the umask); mkstemp alone would give 0600.
-_FILE_MODE = 0o666 & ~_umask()
+def _new_temp_file(path: Path) -> Path:
+    """Create an empty, new temporary file beside ``path``, with the mode a plain ``open()`` gives.
+
+    ``os.open(..., 0o666)`` lets the kernel apply the current umask (``tempfile.mkstemp`` would give
+    0600), without changing the process's umask to read it (not thread-safe).
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, _TEMP_FLAGS, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name beside '{path}'")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
 
-    The temporary file lives in the same folder so that the final ``os.replace`` is atomic.
+    The temporary file lives in the same folder so that the final ``os.replace`` is atomic. The final
+    file has the mode a plain ``open()`` would give (0666 less the umask), even when the block's
+    writer replaced the temporary file with one of its own mode (safetensors writes 0600).
     """
     path = Path(path)
     if path.is_dir():
         raise CxrkitError(f"'{path}' is a folder: give the path of a file to write.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp_path = _new_temp_file(path)
     except OSError as e:
         raise CxrkitError(
             f"cannot write '{path}': {e.strerror or e}. Choose a folder you can write to."
         ) from None
-    os.fchmod(fd, _FILE_MODE)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    mode = stat.S_IMODE(tmp_path.stat().st_mode)
     try:
         yield tmp_path
+        if stat.S_IMODE(tmp_path.stat().st_mode) != mode:
+            os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

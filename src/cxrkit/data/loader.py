@@ -8,15 +8,13 @@ and the CPU only copies bytes out of the memory-mapped cache.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cxrkit.core.config import Config
+from cxrkit.core.config import Config, DataSection
 from cxrkit.core.errors import CxrkitError
 from cxrkit.data.inputs import AugmentConfig, InputPipeline
 from cxrkit.data.labels import LabelPolicy, Targets
@@ -114,44 +112,40 @@ def balanced_weights(y: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return w / w.mean()
 
 
-@dataclass
-class DataConfig:
-    """What a data module reads and how it batches."""
-
-    index: str
-    cache: str
-    splits: str
-    policy: dict[str, Any] | str | None = None
-    input_mode: str = "enhanced"
-    batch_size: int = 32
-    num_workers: int = 0
-    augment: AugmentConfig | None = None
-    balance: bool = False
-    seed: int = 0
-    train_part: str = "train"
-    val_part: str = "val"
-    test_part: str = "test"
-
-
 class CXRDataModule(L.LightningDataModule):
     """Index + policy + splits + cache → train / val / test loaders of uint8 batches.
 
     The input pipeline (mode, augmentation for training only, normalisation) is applied in
     :meth:`on_after_batch_transfer`, on the device the batch was moved to.
+
+    Args:
+        data: what to read and how to batch: a training config's ``data`` section.
+        seed: seeds the training order and the augmentation (a function of seed and epoch).
+        train_part, val_part, test_part: the names of the splits' parts to load.
     """
 
-    def __init__(self, cfg: DataConfig) -> None:
+    def __init__(
+        self,
+        data: DataSection,
+        seed: int = 0,
+        *,
+        train_part: str = "train",
+        val_part: str = "val",
+        test_part: str = "test",
+    ) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.train_pipe = InputPipeline(cfg.input_mode, augment=cfg.augment)
-        self.eval_pipe = InputPipeline(cfg.input_mode)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.cfg, self.seed = data, seed
+        self.train_part, self.val_part, self.test_part = train_part, val_part, test_part
+        augment = AugmentConfig() if data.augment else None
+        self.train_pipe = InputPipeline(data.input_mode, augment=augment)
+        self.eval_pipe = InputPipeline(data.input_mode)
+        self.generator = torch.Generator().manual_seed(seed)
         self.datasets: dict[str, CacheDataset] = {}
         self.targets: Targets | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Re-seed the augmentation generator: augmentation is a function of (seed, epoch)."""
-        self.generator.manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -177,15 +171,15 @@ class CXRDataModule(L.LightningDataModule):
         cache_pos = np.full(len(index.frame), -1, np.int64)
         ok = cache.rows["ok"].to_numpy(bool)
         cache_pos[cache.rows["row"].to_numpy(np.int64)[ok]] = np.flatnonzero(ok)
-        for name in (cfg.train_part, cfg.val_part, cfg.test_part):
+        for name in (self.train_part, self.val_part, self.test_part):
             sel = (part_of_row[targets.rows] == name) & (cache_pos[targets.rows] >= 0)
             rows = targets.rows[sel]
             self.datasets[name] = CacheDataset(
                 self.images, cache_pos[rows], targets.y[sel], targets.mask[sel], rows
             )
-        if len(self.datasets[cfg.train_part]) == 0:
+        if len(self.datasets[self.train_part]) == 0:
             raise CxrkitError(
-                f"the '{cfg.train_part}' part is empty under this policy and cache: check --splits and the views policy."
+                f"the '{self.train_part}' part is empty under this policy and cache: check --splits and the views policy."
             )
 
     @property
@@ -197,7 +191,7 @@ class CXRDataModule(L.LightningDataModule):
         sampler = None
         if shuffle:
             w = balanced_weights(ds.y.numpy(), ds.mask.numpy()) if self.cfg.balance else None
-            sampler = EpochSampler(len(ds), self.cfg.seed, w)
+            sampler = EpochSampler(len(ds), self.seed, w)
             shuffle = False
         return DataLoader(
             ds,
@@ -211,13 +205,13 @@ class CXRDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.cfg.train_part, shuffle=True)
+        return self._loader(self.train_part, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.cfg.val_part, shuffle=False)
+        return self._loader(self.val_part, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.cfg.test_part, shuffle=False)
+        return self._loader(self.test_part, shuffle=False)
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         training = self.trainer is not None and self.trainer.training
@@ -229,20 +223,6 @@ class CXRDataModule(L.LightningDataModule):
 
 def make_datamodule(cfg: Config) -> CXRDataModule:
     """The data module a training config names (index, policy, splits, cache), set up for fitting."""
-    d = cfg.data
-    dm = CXRDataModule(
-        DataConfig(
-            index=d.index,
-            cache=d.cache,
-            splits=d.splits,
-            policy=d.policy,
-            input_mode=d.input_mode,
-            batch_size=d.batch_size,
-            num_workers=d.num_workers,
-            augment=AugmentConfig() if d.augment else None,
-            balance=d.balance,
-            seed=cfg.train.seed,
-        )
-    )
+    dm = CXRDataModule(cfg.data, seed=cfg.train.seed)
     dm.setup("fit")
     return dm

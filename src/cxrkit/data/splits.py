@@ -21,9 +21,9 @@ dropped follow their patient. See docs/splits.md for the decisions.
 from __future__ import annotations
 
 import datetime as _dt
-import logging
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,17 +33,43 @@ import numpy as np
 import pandas as pd
 
 from cxrkit import __version__
+from cxrkit._legacy import REMOVED_IN, CxrkitDeprecationWarning
 from cxrkit.core.errors import CxrkitError, did_you_mean, preview
 from cxrkit.core.fileio import read_tagged_parquet, write_tagged_parquet
 from cxrkit.data.index import index_fingerprint
-from cxrkit.data.labels import MULTICLASS_POSITIVE, Targets
+from cxrkit.data.labels import Targets
+from cxrkit.data.split_report import split_report
+from cxrkit.data.stratify import (
+    LABELSET_MAX_FINDINGS,
+    PatientCounts,
+    best_iterative,
+    fill_unkept,
+    iterative_stratify,
+    labelset_parts,
+    patient_counts,
+    positives,
+    random_parts,
+    stratum_counts,
+)
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "LABELSET_MAX_FINDINGS",
+    "OFFICIAL_PARTS",
+    "SPLIT_COLUMNS",
+    "SPLIT_METHODS",
+    "Splits",
+    "check_fractions",
+    "check_no_leak",
+    "make_splits",
+    "part_names",
+    "positives",
+    "read_splits",
+    "split_report",
+    "write_splits",
+]
 
-METHODS: tuple[str, ...] = ("iterative", "labelset", "random", "official")
-#: Past this many findings ``labelset`` refuses: 2^10 = 1024 combinations already leave most of
-#: them with a handful of patients, which cannot be shared by the fractions.
-LABELSET_MAX_FINDINGS = 10
+#: The split methods, in the order the CLI offers them (``METHODS`` before cxrkit 0.2).
+SPLIT_METHODS: tuple[str, ...] = ("iterative", "labelset", "random", "official")
 #: The index's ``official_split`` values → part names.
 OFFICIAL_PARTS: dict[str, str] = {
     "train": "train",
@@ -133,276 +159,9 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
     return fr
 
 
-def positives(targets: Targets) -> np.ndarray:
-    """(N, L) bool: labelled and positive (``y >= 0.5``; class 1 for multiclass findings)."""
-    pos = targets.y >= 0.5
-    if targets.multiclass.any():
-        mc = np.asarray(targets.multiclass, bool)
-        pos[:, mc] = targets.y[:, mc] == MULTICLASS_POSITIVE
-    return pos & targets.mask
-
-
-@dataclass
-class _Patients:
-    """Patient-level view of an index and its targets (P patients, L findings)."""
-
-    codes: np.ndarray  # (N_index,) patient number of each index row
-    ids: np.ndarray  # (P,) patient ids, in order of first appearance
-    rows: np.ndarray  # (P,) index rows per patient (all views)
-    weight: np.ndarray  # (P,) images the policy kept
-    counts: np.ndarray  # (P, L) positive kept images per finding
-    negatives: np.ndarray  # (P, L) labelled, not positive kept images per finding
-
-
-def _patients(frame: pd.DataFrame, targets: Targets) -> _Patients:
-    for col in ("path", "patient_id"):
-        if col not in frame.columns:
-            raise CxrkitError(
-                f"the index has no '{col}' column; splits need one. Was it written by `cxrkit index`?"
-            )
-    pid = frame["patient_id"]
-    if pid.isna().any():
-        n = int(pid.isna().sum())
-        raise CxrkitError(
-            f"{n} of {len(frame)} index rows have no patient_id: a split cannot keep patients apart "
-            "without it. Re-index with a patient column (generic: --patient-col)."
-        )
-    rows = np.asarray(targets.rows, np.int64)
-    if len(rows) and (rows.min() < 0 or rows.max() >= len(frame)):
-        raise CxrkitError(
-            f"the targets point at rows outside the index ({len(frame)} rows): make them with "
-            "policy.apply on this same index frame."
-        )
-    codes, ids = pd.factorize(pid.astype(str), sort=False)
-    codes = codes.astype(np.int64)
-    n_patients = len(ids)
-    kept = codes[rows]
-    pos = positives(targets)
-    neg = targets.mask & ~pos
-
-    def per_patient(a: np.ndarray) -> np.ndarray:  # (N, L) bool → (P, L) counts
-        out = np.zeros((n_patients, a.shape[1]))
-        for j in range(a.shape[1]):
-            out[:, j] = np.bincount(kept, weights=a[:, j], minlength=n_patients)
-        return out
-
-    return _Patients(
-        codes=codes,
-        ids=np.asarray(ids, object),
-        rows=np.bincount(codes, minlength=n_patients).astype(np.float64),
-        weight=np.bincount(kept, minlength=n_patients).astype(np.float64),
-        counts=per_patient(pos),
-        negatives=per_patient(neg),
-    )
-
-
-# ---- the methods -------------------------------------------------------------------------------
-
-
-def _greedy(
-    amount: np.ndarray,
-    weight: np.ndarray,
-    need: np.ndarray | None,
-    need_total: np.ndarray,
-    prio: list[int],
-) -> np.ndarray:
-    """Sechidis's inner step, one patient at a time: to the part that most needs this label.
-
-    Each patient (in the given order) goes to the part with the largest remaining need for the
-    label being processed (``need``, decreased by ``amount``), ties broken by the largest remaining
-    need of images (``need_total``, decreased by ``weight``), then by ``prio`` (a random order of
-    the parts). With ``need=None`` only the need of images counts. Plain floats, no numpy per
-    patient: this is the one loop over patients.
-    """
-    tot = [float(x) for x in need_total]
-    k_parts = range(len(tot))
-    out: list[int] = []
-    append = out.append
-    if need is None:
-        for w in weight.tolist():
-            best = max(k_parts, key=lambda j: (tot[j], prio[j]))
-            tot[best] -= w
-            append(best)
-    else:
-        lab = [float(x) for x in need]
-        for a, w in zip(amount.tolist(), weight.tolist(), strict=True):
-            best = max(k_parts, key=lambda j: (lab[j], tot[j], prio[j]))
-            lab[best] -= a
-            tot[best] -= w
-            append(best)
-    return np.asarray(out, np.int64)
-
-
-def _iterative(
-    counts: np.ndarray, weight: np.ndarray, fractions: Sequence[float], rng: np.random.Generator
-) -> np.ndarray:
-    """Iterative stratification over patients; (P,) part number, -1 where ``weight`` is 0.
-
-    Sechidis et al. 2011, Algorithm 1, with each patient an example that holds ``counts[p, l]``
-    images of stratum ``l`` (:func:`_strata`) and ``weight[p]`` images in all: take the stratum with
-    the fewest unassigned patients, hand those patients (in random order) each to the part that
-    most needs that stratum's images (ties: the part that most needs images, then a random order
-    of the parts), update every part's needs, repeat; patients in no stratum then fill the parts'
-    remaining need of images.
-    """
-    n_patients, n_labels = counts.shape
-    r = np.asarray(fractions, np.float64)
-    need = r[:, None] * counts.sum(0)[None, :]  # (K, L) images of each stratum each part needs
-    need_total = r * weight.sum()  # (K,) images each part still needs
-    part = np.full(n_patients, -1, np.int64)
-    has = counts > 0
-    remaining = weight > 0
-    left = has[remaining].sum(0)  # (L,) unassigned patients in each stratum
-    while True:
-        cand = np.flatnonzero(left > 0)
-        if not len(cand):
-            break
-        fewest = cand[left[cand] == left[cand].min()]
-        lab = int(fewest[rng.integers(len(fewest))]) if len(fewest) > 1 else int(fewest[0])
-        batch = rng.permutation(np.flatnonzero(remaining & has[:, lab]))
-        prio = rng.permutation(len(r)).tolist()
-        chosen = _greedy(counts[batch, lab], weight[batch], need[:, lab], need_total, prio)
-        part[batch] = chosen
-        for j in range(len(r)):
-            sel = batch[chosen == j]
-            need[j] -= counts[sel].sum(0)
-            need_total[j] -= weight[sel].sum()
-        remaining[batch] = False
-        left -= has[batch].sum(0)
-    rest = rng.permutation(np.flatnonzero(remaining))
-    if len(rest):
-        prio = rng.permutation(len(r)).tolist()
-        part[rest] = _greedy(weight[rest], weight[rest], None, need_total, prio)
-    return part
-
-
-#: Restarts of iterative stratification on small data, keeping the best (see _best_iterative).
-ITERATIVE_RESTARTS = 16
-#: Up to this many patients the restarts are cheap (well under a second each) and worth it.
-RESTART_MAX_PATIENTS = 20_000
-
-
-def _max_deviation(pat: _Patients, part: np.ndarray, k: int) -> float:
-    """Largest absolute difference between a part's and the whole's prevalence, over findings."""
-    labelled = pat.counts + pat.negatives
-    whole = pat.counts.sum(0) / np.maximum(labelled.sum(0), 1)
-    worst = 0.0
-    for j in range(k):
-        sel = part == j
-        lab = labelled[sel].sum(0)
-        prev = pat.counts[sel].sum(0) / np.maximum(lab, 1)
-        worst = max(worst, float(np.max(np.where(lab > 0, np.abs(prev - whole), 0.0), initial=0.0)))
-    return worst
-
-
-def _best_iterative(
-    pat: _Patients, fractions: Sequence[float], rng: np.random.Generator
-) -> np.ndarray:
-    """Iterative stratification; on small data the best of several seeded restarts.
-
-    With few patients, and patients holding several images, one greedy pass can leave a part a few
-    percentage points off; restarts with other random orders (drawn from ``rng``, so the result is
-    still a function of the seed) and keeping the smallest largest deviation fix most of it.
-    """
-    strata = _strata(pat)
-    runs = ITERATIVE_RESTARTS if len(pat.weight) <= RESTART_MAX_PATIENTS else 1
-    best, best_dev = None, np.inf
-    for _ in range(runs):
-        part = _iterative(strata, pat.weight, fractions, rng)
-        dev = _max_deviation(pat, part, len(fractions)) if runs > 1 else 0.0
-        if dev < best_dev:
-            best, best_dev = part, dev
-    return best
-
-
-def _strata(pat: _Patients) -> np.ndarray:
-    """(P, 2L) what iterative stratification balances: per finding, positive images and labelled
-    negative images. A part's prevalence is their ratio, so matching both matches it even where
-    the policy leaves images unlabelled (``blank: ignore``, ``uncertain: ignore``)."""
-    return np.hstack([pat.counts, pat.negatives])
-
-
-def _cut(weight: np.ndarray, fractions: Sequence[float]) -> np.ndarray:
-    """Share patients, in the given order, by the fractions of their total weight.
-
-    A patient goes to the part whose share holds the middle of its span of the cumulative weight,
-    so with one image each, ``n`` patients and fractions ``r`` the first part gets ``round(r0·n)``.
-    """
-    if not len(weight):
-        return np.zeros(0, np.int64)
-    cum = np.cumsum(weight)
-    mid = cum - weight / 2.0
-    bounds = np.cumsum(np.asarray(fractions, np.float64)) * cum[-1]
-    return np.minimum(np.searchsorted(bounds, mid, side="right"), len(fractions) - 1)
-
-
-def _random(weight: np.ndarray, fractions: Sequence[float], rng: np.random.Generator) -> np.ndarray:
-    part = np.full(len(weight), -1, np.int64)
-    order = rng.permutation(np.flatnonzero(weight > 0))
-    part[order] = _cut(weight[order], fractions)
-    return part
-
-
-def _labelset(
-    counts: np.ndarray,
-    weight: np.ndarray,
-    fractions: Sequence[float],
-    rng: np.random.Generator,
-    findings: Sequence[str],
-) -> np.ndarray:
-    """The thesis's algorithm over patients; (P,) part number, -1 where ``weight`` is 0.
-
-    A patient's combination is the set of findings positive in any of its images. Visiting
-    combinations "from largest in size to smallest" and taking, for each, the patients that have
-    it and are not yet assigned gives every patient to the group of its exact combination (no
-    larger combination is inside it), so each group is shuffled and cut by the fractions. Ties in
-    size are visited in increasing order of the combination's bit pattern (finding order).
-    """
-    n_labels = counts.shape[1]
-    if n_labels > LABELSET_MAX_FINDINGS:
-        raise CxrkitError(
-            f"method 'labelset' keys patients by their combination of findings: with {n_labels} "
-            f"findings that is up to 2^{n_labels} = {2**n_labels:,} combinations, most too small to "
-            f"share by the fractions (it is kept for {LABELSET_MAX_FINDINGS} findings or fewer). "
-            "Use --method iterative, which stratifies each finding instead."
-        )
-    part = np.full(len(weight), -1, np.int64)
-    active = np.flatnonzero(weight > 0)
-    has = counts[active] > 0
-    key = has.astype(np.int64) @ (np.int64(1) << np.arange(n_labels, dtype=np.int64))
-    size = has.sum(1)
-    order = np.lexsort((active, key, -size))  # size descending, then key, then patient order
-    key_sorted = key[order]
-    starts = np.flatnonzero(np.r_[True, key_sorted[1:] != key_sorted[:-1]])
-    ends = np.r_[starts[1:], len(order)]
-    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-        members = rng.permutation(active[order[s:e]])
-        part[members] = _cut(weight[members], fractions)
-    log.debug(
-        "labelset: %d combinations of %s among %d patients", len(starts), findings, len(active)
-    )
-    return part
-
-
-def _fill_unkept(
-    part: np.ndarray, rows: np.ndarray, fractions: Sequence[float], rng: np.random.Generator
-) -> np.ndarray:
-    """Patients with no image kept by the policy (e.g. laterals only): by images, to the parts
-    with the largest remaining need of index rows."""
-    rest = np.flatnonzero(part < 0)
-    if not len(rest):
-        return part
-    r = np.asarray(fractions, np.float64)
-    assigned = np.bincount(part[part >= 0], weights=rows[part >= 0], minlength=len(r))
-    need = r * rows.sum() - assigned
-    order = rng.permutation(rest)
-    part[order] = _greedy(rows[order], rows[order], None, need, rng.permutation(len(r)).tolist())
-    return part
-
-
 def _official(
     frame: pd.DataFrame,
-    pat: _Patients,
+    pat: PatientCounts,
     official_val: float | None,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, list[str]]:
@@ -455,8 +214,8 @@ def _official(
     patient_part[pat.codes] = mapped.to_numpy(object)
     in_train = np.flatnonzero(patient_part == "train")
     shares = (1.0 - official_val, official_val)
-    sub = _iterative(_strata(pat)[in_train], pat.weight[in_train], shares, rng)
-    sub = _fill_unkept(sub, pat.rows[in_train], shares, rng)
+    sub = iterative_stratify(stratum_counts(pat)[in_train], pat.weight[in_train], shares, rng)
+    sub = fill_unkept(sub, pat.rows[in_train], shares, rng)
     patient_part[in_train[sub == 1]] = "val"
     names = [n for n in _PART_ORDER if n in ("train", "val") or n in names]
     code = pd.Series(patient_part[pat.codes]).map({n: i for i, n in enumerate(names)})
@@ -497,14 +256,14 @@ def make_splits(
     Returns:
         :class:`Splits` whose ``frame`` gives every index row a part.
     """
-    if method not in METHODS:
-        raise CxrkitError(did_you_mean(str(method), METHODS, what="split method"))
+    if method not in SPLIT_METHODS:
+        raise CxrkitError(did_you_mean(str(method), SPLIT_METHODS, what="split method"))
     if method != "official" and official_val is not None:
         raise CxrkitError("--official-val only applies to --method official.")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise CxrkitError(f"the split seed must be an integer, 0 or more; got {seed!r}.")
     rng = np.random.default_rng(seed)
-    pat = _patients(frame, targets)
+    pat = patient_counts(frame, targets)
     n_patients = len(pat.ids)
     used: tuple[float, ...] | None
     if method == "official":
@@ -528,12 +287,12 @@ def make_splits(
                 "Ask for fewer parts."
             )
         if method == "iterative":
-            part = _best_iterative(pat, used, rng)
+            part = best_iterative(pat, used, rng)
         elif method == "labelset":
-            part = _labelset(pat.counts, pat.weight, used, rng, targets.findings)
+            part = labelset_parts(pat.counts, pat.weight, used, rng, targets.findings)
         else:
-            part = _random(pat.weight, used, rng)
-        part = _fill_unkept(part, pat.rows, used, rng)
+            part = random_parts(pat.weight, used, rng)
+        part = fill_unkept(part, pat.rows, used, rng)
         row_part = part[pat.codes]
     labels = np.asarray(names_used, object)[row_part]
     out = pd.DataFrame(
@@ -560,108 +319,6 @@ def make_splits(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return Splits(frame=out, meta=meta, report=report)
-
-
-# ---- the report --------------------------------------------------------------------------------
-
-
-def _nan_to_none(x: float) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
-def split_report(
-    frame: pd.DataFrame,
-    targets: Targets,
-    parts: Sequence[str] | np.ndarray,
-    names: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """Per part: images and patients; per finding: positives and prevalence per part and whole.
-
-    Args:
-        frame: the index frame (N_index rows).
-        targets: the policy's targets on ``frame``.
-        parts: (N_index,) the part of every index row.
-        names: the parts in report order (default: order of first appearance).
-
-    Returns:
-        A JSON-ready dict: ``parts``; ``images``, ``kept_images`` (rows the policy kept) and
-        ``patients`` per part; ``findings``: per finding ``positives``, ``labelled`` (mask True) and
-        ``prevalence`` (positives / labelled) per part and for the ``whole`` set, and ``max_dev_pp``,
-        the largest absolute deviation of a part's prevalence from the whole's, in percentage
-        points; ``max_dev_pp`` and ``max_dev_finding`` over all findings; ``warnings``: a part
-        without a positive of a finding that has positives (also logged).
-    """
-    parts = np.asarray(parts, dtype=object)
-    if len(parts) != len(frame):
-        raise CxrkitError(
-            f"the split has {len(parts)} rows but the index has {len(frame)}: they do not belong together."
-        )
-    names = list(names) if names is not None else list(pd.unique(parts))
-    code = pd.Series(parts).map({n: i for i, n in enumerate(names)})
-    if code.isna().any():
-        raise CxrkitError(
-            f"parts {preview(sorted(set(parts[code.isna().to_numpy()])), 5)} are not among {names}."
-        )
-    code = code.to_numpy(np.int64)
-    k = len(names)
-    images = np.bincount(code, minlength=k)
-    patients = (
-        pd.DataFrame({"p": frame["patient_id"].to_numpy(), "k": code})
-        .groupby("k")["p"]
-        .nunique()
-        .reindex(range(k), fill_value=0)
-        .to_numpy()
-    )
-    kept_code = code[np.asarray(targets.rows, np.int64)]
-    kept = np.bincount(kept_code, minlength=k)
-    pos = positives(targets)
-    warnings: list[str] = []
-    findings: dict[str, Any] = {}
-    overall, overall_finding = 0.0, None
-    for j, finding in enumerate(targets.findings):
-        p = np.bincount(kept_code, weights=pos[:, j], minlength=k)
-        n = np.bincount(kept_code, weights=targets.mask[:, j], minlength=k)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            prev = p / n
-        whole_p, whole_n = p.sum(), n.sum()
-        whole = whole_p / whole_n if whole_n else float("nan")
-        devs = np.abs(prev[n > 0] - whole) * 100 if whole_n else np.zeros(0)
-        dev = float(devs.max()) if len(devs) else 0.0
-        if dev > overall or overall_finding is None:
-            overall, overall_finding = max(dev, overall), finding
-        for i, name in enumerate(names):
-            if whole_p > 0 and p[i] == 0 and images[i] > 0:
-                msg = (
-                    f"part '{name}' has no positive of '{finding}' ({int(whole_p):,} in the whole "
-                    "set): metrics for it cannot be computed there; change the fractions or the seed, "
-                    "or drop the finding"
-                )
-                log.warning(msg)
-                warnings.append(msg)
-        findings[finding] = {
-            "positives": {**{nm: int(p[i]) for i, nm in enumerate(names)}, "whole": int(whole_p)},
-            "labelled": {**{nm: int(n[i]) for i, nm in enumerate(names)}, "whole": int(whole_n)},
-            "prevalence": {
-                **{nm: _nan_to_none(prev[i]) for i, nm in enumerate(names)},
-                "whole": _nan_to_none(whole),
-            },
-            "max_dev_pp": dev,
-        }
-    for i, name in enumerate(names):
-        if images[i] == 0:
-            msg = f"part '{name}' has no images: too few patients for these fractions"
-            log.warning(msg)
-            warnings.append(msg)
-    return {
-        "parts": names,
-        "images": {nm: int(images[i]) for i, nm in enumerate(names)},
-        "kept_images": {nm: int(kept[i]) for i, nm in enumerate(names)},
-        "patients": {nm: int(patients[i]) for i, nm in enumerate(names)},
-        "findings": findings,
-        "max_dev_pp": overall,
-        "max_dev_finding": overall_finding,
-        "warnings": warnings,
-    }
 
 
 # ---- files -------------------------------------------------------------------------------------
@@ -719,3 +376,16 @@ def read_splits(path: str | os.PathLike[str], index_frame: pd.DataFrame | None =
                 f"{len(index_frame)} rows); re-run cxrkit split on this index."
             )
     return splits
+
+
+def __getattr__(name: str) -> object:
+    # cxrkit 0.1 called SPLIT_METHODS ``METHODS`` (a name cxrkit.use.explain uses for its own list)
+    if name == "METHODS":
+        warnings.warn(
+            f"{__name__}.METHODS is now SPLIT_METHODS; the old name is removed in cxrkit "
+            f"{REMOVED_IN}.",
+            CxrkitDeprecationWarning,
+            stacklevel=2,
+        )
+        return SPLIT_METHODS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

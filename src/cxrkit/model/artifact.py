@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import timm
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -58,6 +57,13 @@ _REQUIRED_META = (
 )
 
 
+def _timm_version() -> str:
+    """The installed timm's version (read when a metadata lacks one, as a default)."""
+    import timm
+
+    return timm.__version__
+
+
 @dataclass(frozen=True)
 class ArtifactMeta:
     """What ``model.json`` holds: everything needed to run the model besides the weights.
@@ -89,7 +95,7 @@ class ArtifactMeta:
     cxrkit_version: str = __version__
     format_version: int = FORMAT_VERSION
     weights_sha256: str = ""
-    timm_version: str = timm.__version__
+    timm_version: str = field(default_factory=_timm_version)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

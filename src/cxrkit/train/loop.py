@@ -303,7 +303,7 @@ def _train_one(cfg: Config, *, resume: bool = False) -> Path:
         )
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     dm = make_datamodule(cfg)
-    train_ds = dm.datasets[dm.cfg.train_part]
+    train_ds = dm.datasets[dm.train_part]
     multiclass_targets = dm.targets is not None and bool(dm.targets.multiclass.any())
     if multiclass_targets and cfg.loss.name != "multiclass":
         raise CxrkitError(
@@ -315,7 +315,7 @@ def _train_one(cfg: Config, *, resume: bool = False) -> Path:
             "loss.name=multiclass needs the 'multiclass' uncertainty policy (uncertain labels as a "
             "third class): set data.policy.uncertain=multiclass or use the 'u-multiclass' preset."
         )
-    if len(dm.datasets[dm.cfg.val_part]) == 0:
+    if len(dm.datasets[dm.val_part]) == 0:
         raise CxrkitError(
             "the validation part is empty: make splits with a val fraction (cxrkit split)."
         )
@@ -429,7 +429,7 @@ def lr_find(
 
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     dm = make_datamodule(cfg)
-    train_ds = dm.datasets[dm.cfg.train_part]
+    train_ds = dm.datasets[dm.train_part]
     module = CXRModule(cfg.to_dict(), dm.findings, train_ds.y.numpy(), train_ds.mask.numpy(), steps)
     trainer = L.Trainer(
         default_root_dir=Path(out).parent,

@@ -213,7 +213,7 @@ class Predictor:
                 return model(x)
 
             return cls(meta, forward, runtime=runtime, device=dev, batch_size=batch_size)
-        from cxrkit.model.interop import ONNX_INPUT, ONNX_OUTPUT, open_onnx_session
+        from cxrkit.model.onnx import ONNX_INPUT, ONNX_OUTPUT, open_onnx_session
 
         session, meta, _ = open_onnx_session(path, onnx_path, str(dev))
 
