@@ -66,7 +66,6 @@ MOVED: dict[str, tuple[str, ...]] = {
     "cxrkit.experiment": ("cxrkit.train.grid",),
     "cxrkit.train": (
         "cxrkit.train.loop",
-        "cxrkit.train.module",
         "cxrkit.data.loader",
         "cxrkit.evaluate.inference",
     ),
