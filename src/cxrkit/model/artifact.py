@@ -29,8 +29,10 @@ from safetensors.torch import load_file, save_file
 from cxrkit import __version__
 from cxrkit.core.errors import CxrkitError, preview
 from cxrkit.core.fileio import atomic_path, sha256_file, write_text_atomic
-from cxrkit.data.inputs import InputPipeline
+from cxrkit.data.imaging import FIT_MODES
+from cxrkit.data.inputs import INPUT_MODES, InputPipeline
 from cxrkit.model.networks import OUTPUTS, build_network, input_channels, outputs_per_label
+from cxrkit.model.schema import validate_meta
 
 #: Version of the artifact layout; a reader refuses a newer one.
 FORMAT_VERSION = 1
@@ -199,6 +201,11 @@ def save_artifact(
         weights_sha256=sha256_file(folder / WEIGHTS_FILE),
         extra=dict(extra or {}),
     )
+    # an artifact that would be refused when read is never written (model.json comes last)
+    validate_meta(
+        meta.to_dict(), f"artifact '{folder}'", input_modes=INPUT_MODES, fit_modes=FIT_MODES,
+        outputs=OUTPUTS,
+    )  # fmt: skip
     write_text_atomic(folder / META_FILE, json.dumps(meta.to_dict(), indent=2) + "\n")
     return folder
 
@@ -350,6 +357,7 @@ def read_meta_dict(raw: Any, where: str = "artifact") -> ArtifactMeta:
         raise CxrkitError(
             f"incomplete {folder}: {META_FILE} lacks {preview(missing)}. Save the artifact again."
         )
+    validate_meta(raw, where, input_modes=INPUT_MODES, fit_modes=FIT_MODES, outputs=OUTPUTS)
     known = {f for f in ArtifactMeta.__dataclass_fields__}
     try:
         meta = ArtifactMeta(
