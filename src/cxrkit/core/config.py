@@ -129,6 +129,47 @@ class Config:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
+#: Declared ranges of the numeric settings: dotted key → (low, high, low included); None = open.
+RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "data.batch_size": (1, 65536, True),
+    "data.num_workers": (0, 256, True),
+    "model.drop_rate": (0, 1, True),
+    "loss.gamma": (0, 100, True),
+    "loss.margin": (0, 100, True),
+    "optim.lr": (0, 100, False),
+    "optim.weight_decay": (0, 10, True),
+    "optim.momentum": (0, 1, True),
+    "schedule.base_lr": (0, 100, False),
+    "schedule.max_lr": (0, 100, False),
+    "schedule.step_size": (1, None, True),
+    "schedule.warmup_steps": (0, None, True),
+    "schedule.pct_start": (0, 1, False),
+    "train.max_epochs": (1, 100_000, True),
+    "train.num_nodes": (1, None, True),
+    "train.accumulate_grad_batches": (1, None, True),
+    "train.gradient_clip_val": (0, None, False),
+    "train.early_stopping_patience": (1, None, True),
+    "train.limit_train_batches": (0, None, False),
+    "train.limit_val_batches": (0, None, False),
+    "train.log_every_n_steps": (1, None, True),
+    "train.stage1_epochs": (1, None, True),
+}
+
+
+def _check_range(value: Any, where: str) -> None:
+    """Refuse a number outside its declared range (None passes: "not set")."""
+    if where not in RANGES or value is None or isinstance(value, bool):
+        return
+    lo, hi, lo_in = RANGES[where]
+    low_ok = lo is None or (value >= lo if lo_in else value > lo)
+    high_ok = hi is None or value <= hi
+    if value != value or not (low_ok and high_ok) or value in (float("inf"), float("-inf")):
+        low = "" if lo is None else (f"at least {lo:g}" if lo_in else f"above {lo:g}")
+        high = "" if hi is None else f"at most {hi:g}"
+        rule = " and ".join(x for x in (low, high) if x)
+        raise CxrkitError(f"config '{where}' must be {rule}; got {value!r}.")
+
+
 def _check_type(value: Any, hint: Any, where: str) -> Any:
     if hint is Any:
         return value
@@ -179,6 +220,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
             kwargs[key] = _build(hint, value, path)
         else:
             kwargs[key] = _check_type(value, hint, path)
+            _check_range(kwargs[key], path)
     return cls(**kwargs)
 
 
@@ -222,6 +264,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             raise CxrkitError(f"config file '{p}' is not valid YAML{where}.") from None
+        if not isinstance(tree, dict):
+            raise CxrkitError(
+                f"config file '{p}' must hold a mapping of sections (data:, model:, train: ...); "
+                f"it holds a {type(tree).__name__}."
+            )
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
     return _build(Config, tree, "")
