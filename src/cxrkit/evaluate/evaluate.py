@@ -297,13 +297,6 @@ def evaluate_model(
         unfitted=why,
         thresholds=thresholds,
     )
-    if opts.save:
-        set_operating_points(
-            artifact,
-            thresholds,
-            temperature=temperature if opts.calibrate else None,
-            info={k: v for k, v in op_info.to_dict().items() if k != "thresholds"},
-        )
 
     index_frame = dm.index_frame
     tmeta = _frame_for(index_frame, test[3])
@@ -358,8 +351,45 @@ def evaluate_model(
         main_table = tables[-1] if result.primary == "study" else tables[0]
         result.main.roc_bands = _roc_bands(main_table, result.main, findings, opts)
         result.data = _data_summary(cfg, dm)
-        write_outputs(out_dir, predictions, result)
+
+    def save_points() -> None:
+        set_operating_points(
+            artifact,
+            thresholds,
+            temperature=temperature if opts.calibrate else None,
+            info={k: v for k, v in op_info.to_dict().items() if k != "thresholds"},
+        )
+
+    if write:
+        _commit(out_dir, predictions, result, save_points if opts.save else None)
+    elif opts.save:
+        save_points()
     return result, out_dir
+
+
+def _commit(out_dir: Path, predictions: pd.DataFrame, result: EvalResults, save_points) -> None:
+    """Commit an evaluation so that a kill at any point leaves nothing that disagrees unnoticed.
+
+    1. every output is written into a fresh sibling folder; 2. the operating points (and
+    temperature) go into ``model.json``, atomically; 3. the folder is swapped in by renames. A kill
+    before 2 leaves the old evaluation and the old ``model.json`` (consistent); between 2 and 3,
+    the old evaluation beside the new operating points, which ``report`` refuses in one line
+    (:func:`cxrkit.evaluate.results.check_agrees_with_artifact`) until ``evaluate`` runs again.
+    """
+    import shutil
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.new"
+    retired = out_dir.parent / f".{out_dir.name}.old"
+    for leftover in (staging, retired):  # from an interrupted run
+        shutil.rmtree(leftover, ignore_errors=True)
+    write_outputs(staging, predictions, result)
+    if save_points is not None:
+        save_points()
+    if out_dir.exists():
+        out_dir.rename(retired)
+    staging.rename(out_dir)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def _truth_labels(

@@ -387,6 +387,44 @@ def write_outputs(out: Path, predictions: pd.DataFrame, results: EvalResults) ->
     write_text_atomic(out / METRICS_FILE, text)
 
 
+def check_agrees_with_artifact(
+    results: EvalResults, folder: Path, artifact: Path | None = None
+) -> None:
+    """Refuse an evaluation whose saved operating points are no longer the artifact's.
+
+    ``evaluate`` (without ``--no-save``) stores its thresholds and temperature in the artifact;
+    if ``model.json`` now holds others (a later evaluation, or one killed between its two commits),
+    this evaluation's confusion matrices and operating points describe a model that no longer
+    decides that way.
+    """
+    options = results.options
+    if results.artifact is None or options is None or not getattr(options, "save", False):
+        return
+    from cxrkit.model.artifact import META_FILE, read_artifact_meta
+
+    artifact = Path(artifact if artifact is not None else results.artifact)
+    if not (artifact / META_FILE).is_file():
+        return  # the model is not where it was evaluated (a copied evaluation): nothing to compare
+    meta = read_artifact_meta(artifact)
+    ours = results.operating_point.thresholds if results.operating_point else {}
+    theirs = dict(meta.thresholds)
+    same = all(
+        (ours.get(f) is None and theirs.get(f) is None)
+        or (ours.get(f) is not None and theirs.get(f) is not None
+            and abs(float(ours[f]) - float(theirs[f])) <= 1e-9)
+        for f in set(ours) | set(theirs)
+    )  # fmt: skip
+    calibrated = bool(getattr(options, "calibrate", False))
+    if calibrated and results.temperature is not None:
+        same = same and abs(float(results.temperature) - float(meta.temperature)) <= 1e-9
+    if not same:
+        raise CxrkitError(
+            f"'{folder}' disagrees with the model: its operating points are not the ones "
+            f"{artifact}/model.json now holds (a later or interrupted `cxrkit evaluate`); "
+            "run `cxrkit evaluate` on the run again."
+        )
+
+
 def find_evaluation(path: Path) -> tuple[Path | None, Path]:
     """(run folder or None, evaluation folder) for a run, an evaluation folder or a metrics file."""
     if not path.exists():

@@ -24,10 +24,12 @@ from cxrkit.evaluate.compare import compare_runs, comparison_markdown
 from cxrkit.evaluate.results import (
     METRICS_FILE,
     PREDICTIONS_FILE,
+    check_agrees_with_artifact,
     find_evaluation,
     read_results,
 )
 from cxrkit.evaluate.tables import table
+from cxrkit.model.artifact import RUN_MODEL_DIR
 from cxrkit.report.figures import (
     Figure,
     fig_calibration,
@@ -62,6 +64,7 @@ def build_report(path: str | Path, out: str | Path | None = None) -> tuple[Path,
     if not (ev / METRICS_FILE).is_file():
         raise CxrkitError(f"no evaluation in '{ev}': run `cxrkit evaluate {run or path}` first.")
     metrics = read_results(ev)
+    check_agrees_with_artifact(metrics, ev, run / RUN_MODEL_DIR if run is not None else None)
     pred = pd.read_parquet(ev / PREDICTIONS_FILE) if (ev / PREDICTIONS_FILE).is_file() else None
     level = metrics.primary
     main = metrics.main
