@@ -92,7 +92,7 @@ def test_pretrained_download_failure_is_one_clear_error(monkeypatch) -> None:
     msg = str(e.value)
     assert msg.startswith("pretrained ImageNet weights for densenet121 could not be downloaded")
     assert "network is unreachable" in msg
-    assert "--weights PATH" in msg and "pretrained: false" in msg and "\n" not in msg
+    assert "model.weights=PATH" in msg and "model.pretrained=false" in msg and "\n" not in msg
 
 
 @pytest.mark.parametrize("pretrained,name", [(True, "resnet18"), ("tv_in1k", "resnet18.tv_in1k")])
@@ -105,7 +105,7 @@ def test_pretrained_hf_offline_is_one_clear_error(monkeypatch, tmp_path, pretrai
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # empty cache
     with pytest.raises(CxrkitError, match=f"weights for {name} could not be downloaded") as e:
         create_model("resnet18", pretrained=pretrained, num_classes=2, input_mode="gray1")
-    assert "--weights PATH" in str(e.value) and "\n" not in str(e.value)
+    assert "model.weights=PATH" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_pretrained_and_weights_conflict(tmp_path) -> None:
@@ -271,3 +271,28 @@ def test_tampered_weights_refused(tmp_path) -> None:
 def test_missing_artifact_folder(tmp_path) -> None:
     with pytest.raises(CxrkitError, match="does not exist"):
         load_artifact(tmp_path / "nope")
+
+
+def test_offline_goes_straight_to_the_local_cache(monkeypatch) -> None:
+    """Unreachable hub: timm is called once in huggingface_hub's offline mode (no minute of
+    retries), and the mode is put back afterwards."""
+    import huggingface_hub.constants as hub
+
+    import cxrkit.model.networks as networks
+
+    seen = []
+
+    def fake_create(*args, **kwargs):
+        seen.append(hub.HF_HUB_OFFLINE)
+        raise OSError("LocalEntryNotFoundError: not in the cache (test)")
+
+    monkeypatch.setattr(networks, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(networks.timm, "create_model", fake_create)
+    before = hub.HF_HUB_OFFLINE
+    with pytest.raises(CxrkitError, match="model.weights=PATH"):
+        create_model("resnet18", pretrained=True, num_classes=2)
+    assert seen == [True] and hub.HF_HUB_OFFLINE == before
+    monkeypatch.setattr(networks, "hub_reachable", lambda timeout=3.0: True)
+    with pytest.raises(CxrkitError):
+        create_model("resnet18", pretrained=True, num_classes=2)
+    assert seen == [True, before]

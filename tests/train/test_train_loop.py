@@ -114,6 +114,11 @@ def test_run_folder_artifact_and_exact_resume(workdir: Path):
     ma = pd.read_csv(whole / "logs" / "metrics.csv")["val/mean_auc"].dropna().tolist()
     mb = pd.read_csv(resumed / "logs" / "metrics.csv")["val/mean_auc"].dropna().tolist()
     assert ma[-1] == pytest.approx(mb[-1], abs=0)
+    # the resumed run's log keeps the epoch before the kill: the same rows as the whole run's
+    assert mb == pytest.approx(ma, abs=0) and len(mb) == 2
+    logged = pd.read_csv(resumed / "logs" / "metrics.csv")
+    assert sorted(logged["epoch"].dropna().unique().tolist()) == [0, 1]
+    assert not (resumed / "logs" / "metrics.before-resume.csv").exists()
 
 
 def test_ddp_two_cpu_processes(workdir: Path):
@@ -203,6 +208,19 @@ def test_experiment_grid_goes_on_after_a_failed_run(workdir: Path):
     assert md.count("| test_resnet |") == 4  # 2 runs x (Table 1 + Table 2)
     again = run_grid(grid)  # finished runs are evaluated again, not retrained
     assert again.loc[again["status"] == "ok", "train_minutes"].isna().all()
+
+
+def test_experiment_command_exits_non_zero_naming_the_failed_runs(workdir: Path, run_cli):
+    """The grid of the test above, through the command: the table is printed, then one line names
+    the failed runs, and the exit code says the experiment did not fully succeed."""
+    grid = workdir / "grid.yaml"
+    if not grid.is_file():
+        pytest.skip("needs the grid of test_experiment_grid_goes_on_after_a_failed_run")
+    code, out, err = run_cli("experiment", grid)
+    assert "comparison" in out
+    assert code == 1 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # (each failure was also logged as it happened)
+    assert "2 of 4 runs failed" in last and "no_such_net" in last
 
 
 def test_hierarchy_aware_training_two_stages(tmp_path: Path):
@@ -326,3 +344,61 @@ def test_multiclass_probability_leaves_the_uncertain_class_out():
     m = torch.ones_like(y, dtype=torch.bool)
     assert scoring_mask(y, m, "multiclass").tolist() == [[False, True], [True, False]]
     assert scoring_mask(y, m, "sigmoid").all()
+
+
+def test_auc_margin_alpha_stays_non_negative_over_real_steps(workdir: Path, monkeypatch):
+    """The AUC-margin loss's alpha is maximised by plain gradient steps, which can take it below 0;
+    PESG projects it back after every step. Started at alpha = -1 (as a diverged run would have
+    it), it must read ≥ 0 after every optimiser step of a real run."""
+    import functools
+
+    from cxrkit.train.loop import CXRModule
+    from cxrkit.train.losses import AUCMarginLoss
+
+    init = AUCMarginLoss.__init__
+
+    @functools.wraps(init)  # build_loss checks options against the signature
+    def negative_start(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        with torch.no_grad():
+            self.alpha.fill_(-1.0)
+
+    monkeypatch.setattr(AUCMarginLoss, "__init__", negative_start)
+    seen: list[float] = []
+    real = CXRModule.on_train_batch_end
+
+    def record(self, outputs, batch, batch_idx):
+        real(self, outputs, batch, batch_idx)
+        seen.append(float(self.loss_fn.alpha.detach().min()))
+
+    monkeypatch.setattr(CXRModule, "on_train_batch_end", record)
+    train(
+        config(
+            workdir,
+            "train.name=aucm",
+            "train.max_epochs=2",
+            "loss.name=auc_margin",
+            "optim.name=sgd",
+            "optim.lr=0.5",
+        )
+    )
+    assert len(seen) >= 4 and min(seen) >= 0.0
+
+
+def test_epoch_decay_pulls_towards_the_epoch_start(workdir: Path):
+    """loss.epoch_decay adds decay/2·||θ − θ_ref||²: zero at the reference, growing with distance."""
+    import torch
+
+    from cxrkit.data.loader import make_datamodule
+    from cxrkit.train.loop import CXRModule
+
+    cfg = config(workdir, "loss.epoch_decay=0.5")
+    dm = make_datamodule(cfg)
+    train_ds = dm.datasets["train"]
+    module = CXRModule(cfg.to_dict(), dm.findings, train_ds.y.numpy(), train_ds.mask.numpy(), 1)
+    module._snapshot()
+    assert float(module._epoch_decay()) == 0.0
+    with torch.no_grad():
+        first = next(p for p in module.model.parameters() if p.requires_grad)
+        first.add_(1.0)
+    assert float(module._epoch_decay()) == pytest.approx(0.5 * 0.5 * first.numel())

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from cxrkit.cli.common import _quiet_lightning, console
+from cxrkit.core.errors import CxrkitError
 
 
 def _config_from_args(config: Path | None, overrides: list[str] | None):
@@ -66,6 +67,13 @@ def experiment_cmd(
             ]
         )
     console.print(t)
+    if "status" in table.columns:
+        failed = table[table["status"] != "ok"]
+        if len(failed):
+            names = ", ".join(
+                f"{r['run']} ({r['status'].removeprefix('failed: ')})" for _, r in failed.iterrows()
+            )
+            raise CxrkitError(f"{len(failed)} of {len(table)} runs failed: {names}.")
 
 
 def lr_find_cmd(

@@ -63,6 +63,8 @@ class LossSection:
     name: str = "weighted_bce"
     gamma: float = 2.0  # focal
     margin: float = 1.0  # auc_margin
+    # LibAUC's PESG epoch decay: + epoch_decay/2 · ||θ − θ_epoch start||² (0: off)
+    epoch_decay: float = 0.0
 
 
 @dataclass
@@ -136,6 +138,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "model.drop_rate": (0, 1, True),
     "loss.gamma": (0, 100, True),
     "loss.margin": (0, 100, True),
+    "loss.epoch_decay": (0, 10, True),
     "optim.lr": (0, 100, False),
     "optim.weight_decay": (0, 10, True),
     "optim.momentum": (0, 1, True),

@@ -12,11 +12,12 @@ resolver) is :mod:`cxrkit.model.artifact`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import pickle
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,7 @@ def create_model(
         raise CxrkitError(f"num_classes must be at least 1. Got {num_classes}.")
     if pretrained and weights is not None:
         raise CxrkitError(
-            "both pretrained and weights are set: pass --weights PATH or pretrained, not both."
+            "both model.pretrained and model.weights are set: set one of them, not both."
         )
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans}
     if drop_rate:
@@ -118,14 +119,48 @@ def create_model(
     return model
 
 
+#: Where timm's pretrained weights come from (probed before a download is tried).
+HUB_HOST = ("huggingface.co", 443)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can the weights' hub be reached? One TCP connection, ``timeout`` seconds at most."""
+    import socket
+
+    try:
+        socket.create_connection(HUB_HOST, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """huggingface_hub's offline mode for the block: cached weights only, no retries."""
+    if not offline:
+        yield
+        return
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def _create_pretrained(name: str, kwargs: dict[str, Any]) -> torch.nn.Module:
     fix = (
-        "pass --weights PATH with a local timm or torchvision state dict, "
-        "or set pretrained: false to train from scratch"
+        "set model.weights=PATH to a local timm or torchvision state dict, "
+        "or model.pretrained=false to train from scratch"
     )
     try:
+        # Offline, the hub's client would retry for about a minute before failing: probe first,
+        # and then look in the local cache only (weights downloaded before still load).
         # timm adapts the first convolution (in_chans) and drops the ImageNet classifier itself.
-        return timm.create_model(name, pretrained=True, **kwargs)
+        with _hub_offline(not hub_reachable()):
+            return timm.create_model(name, pretrained=True, **kwargs)
     except RuntimeError as e:
         if "No pretrained weights" in str(e) or "Invalid pretrained" in str(e):
             raise CxrkitError(f"timm has no pretrained weights for {name}: {fix}.") from None

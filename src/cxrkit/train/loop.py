@@ -85,6 +85,7 @@ class CXRModule(L.LightningModule):
         self.loss_fn = build_loss(lc["name"], y_train, mask_train, **kw)
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._t0: float | None = None
+        self._ref: list[torch.Tensor] | None = None  # the epoch decay's reference weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) → (B, L) logits, or (B, 3L) for a multiclass head."""
@@ -124,10 +125,15 @@ class CXRModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "set_epoch"):
             dm.set_epoch(self.current_epoch)
+        if float(self.cfg["loss"].get("epoch_decay") or 0.0) > 0:
+            self._snapshot()  # the epoch decay pulls towards this epoch's starting weights
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(self._input(batch))
         loss = self._loss(logits, batch["y"], batch["mask"])
+        decay = self._epoch_decay()
+        if decay is not None:
+            loss = loss + decay
         now = time.perf_counter()
         if self._t0 is not None:
             self.log(
@@ -179,6 +185,33 @@ class CXRModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._t0 = None
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """After each optimiser step: project the AUC-margin loss's alpha onto alpha ≥ 0, as
+        LibAUC's PESG does every step (plain ascent steps can make it negative)."""
+        project = getattr(self.loss_fn, "project_", None)
+        if project is not None:
+            project()
+
+    def _epoch_decay(self) -> torch.Tensor | None:
+        """LibAUC's epoch decay: ``decay/2 · ||θ − θ_ref||²``, θ_ref the weights at the epoch's start
+        (its gradient ``decay · (θ − θ_ref)`` is PESG's); None when ``loss.epoch_decay`` is 0."""
+        decay = float(self.cfg["loss"].get("epoch_decay") or 0.0)
+        if decay <= 0:
+            return None
+        if self._ref is None:
+            self._snapshot()
+        total = sum(
+            ((p - r) ** 2).sum()
+            for p, r in zip(self._ref_params(), self._ref, strict=True)
+        )  # fmt: skip
+        return 0.5 * decay * total
+
+    def _ref_params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _snapshot(self) -> None:
+        self._ref = [p.detach().clone() for p in self._ref_params()]
 
     def configure_optimizers(self) -> Any:
         o, s = self.cfg["optim"], self.cfg["schedule"]
@@ -366,7 +399,12 @@ def _train_one(cfg: Config, *, resume: bool = False) -> Path:
         enable_model_summary=False,
     )
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    if resume and trainer.is_global_zero:
+        _keep_log_history(folder / "logs", last)
+    # weights_only: a checkpoint is data, never code (torch < 2.6 unpickled by default)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True)
+    if trainer.is_global_zero:
+        _merge_log_history(folder / "logs")
     elapsed = time.perf_counter() - t0
     if trainer.is_global_zero:
         seconds = _add_train_seconds(folder, elapsed)
@@ -395,6 +433,45 @@ def _train_one(cfg: Config, *, resume: bool = False) -> Path:
             },
         )
     return folder
+
+
+_LOG = "metrics.csv"
+_LOG_BEFORE = "metrics.before-resume.csv"
+
+
+def _keep_log_history(logs: Path, last: Path) -> None:
+    """Before a resumed session: Lightning's CSV logger starts ``metrics.csv`` afresh, so the rows
+    of the finished epochs (≤ the checkpoint's) are kept aside, with any kept by an earlier resume
+    that was itself killed."""
+    import pandas as pd
+
+    from cxrkit.core.fileio import atomic_path
+
+    epoch = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
+    parts = [pd.read_csv(f) for f in (logs / _LOG_BEFORE, logs / _LOG) if f.is_file()]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return
+    history = pd.concat(parts, ignore_index=True)
+    if "epoch" in history:
+        history = history[history["epoch"].isna() | (history["epoch"] <= epoch)]
+    with atomic_path(logs / _LOG_BEFORE) as tmp:
+        history.to_csv(tmp, index=False)
+
+
+def _merge_log_history(logs: Path) -> None:
+    """After a resumed session: ``metrics.csv`` = the kept rows, then this session's."""
+    import pandas as pd
+
+    from cxrkit.core.fileio import atomic_path
+
+    before = logs / _LOG_BEFORE
+    if not before.is_file():
+        return
+    now = [pd.read_csv(f) for f in (before, logs / _LOG) if f.is_file()]
+    with atomic_path(logs / _LOG) as tmp:
+        pd.concat(now, ignore_index=True).to_csv(tmp, index=False)
+    before.unlink()
 
 
 def _add_train_seconds(folder: Path, seconds: float) -> float:
