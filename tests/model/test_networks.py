@@ -291,7 +291,7 @@ def test_offline_goes_straight_to_the_local_cache(monkeypatch) -> None:
     before = hub.HF_HUB_OFFLINE
     with pytest.raises(CxrkitError, match="model.weights=PATH"):
         create_model("resnet18", pretrained=True, num_classes=2)
-    assert seen == [True] and hub.HF_HUB_OFFLINE == before
+    assert seen == [True] and before == hub.HF_HUB_OFFLINE
     monkeypatch.setattr(networks, "hub_reachable", lambda timeout=3.0: True)
     with pytest.raises(CxrkitError):
         create_model("resnet18", pretrained=True, num_classes=2)

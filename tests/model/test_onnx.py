@@ -180,3 +180,37 @@ def test_cli_export_onnx_then_predict(tmp_path, run_cli) -> None:
     assert "onnx" in out and (tmp_path / "p.csv").is_file()
     code, _, err = run_cli("export", "onnx", tmp_path / "nothing")
     assert_one_line_error(code, err, "does not exist")
+
+
+def _rehash(art: Path) -> None:
+    """Record the ONNX file's current sha256 in its JSON: a tampering that also fixed the hash."""
+    from cxrkit.core.fileio import sha256_file
+
+    meta_path = onnx_meta_path(art / "model.onnx")
+    facts = json.loads(meta_path.read_text())
+    facts["onnx"]["sha256"] = sha256_file(art / "model.onnx")
+    meta_path.write_text(json.dumps(facts))
+
+
+def test_tampered_onnx_with_a_matching_hash_is_one_line(tmp_path, run_cli) -> None:
+    art = make_artifact(tmp_path / "m")
+    export_onnx(art)
+    (art / "model.onnx").write_bytes(b"\x08\x07 not a graph at all" * 10)
+    _rehash(art)
+    with pytest.raises(CxrkitError, match="not a model onnxruntime can run") as e:
+        Predictor.from_artifact(art, runtime="onnx")
+    assert "\n" not in str(e.value)
+    img = write_pngs(tmp_path / "in", 1)[0]
+    code, _, err = run_cli("predict", art, img, "--runtime", "onnx")
+    assert_one_line_error(code, err, "onnxruntime can run")
+
+
+def test_onnx_of_another_network_is_refused(tmp_path) -> None:
+    art = make_artifact(tmp_path / "m")
+    other = tiny_artifact(tmp_path / "o", ("A", "B", "C", "D", "E"), input_mode="gray3", size=48)
+    export_onnx(art)
+    export_onnx(other)
+    (art / "model.onnx").write_bytes((other / "model.onnx").read_bytes())
+    _rehash(art)
+    with pytest.raises(CxrkitError, match="one output of 3 values"):
+        Predictor.from_artifact(art, runtime="onnx")

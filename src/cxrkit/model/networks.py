@@ -198,6 +198,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except (RuntimeError, OSError, SafetensorError, EOFError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CxrkitError(f"cannot read weights file '{path}': {first}.") from None
+    except Exception as e:  # noqa: BLE001 - torch's restricted unpickler on junk: KeyError, IndexError...
+        raise CxrkitError(
+            f"cannot read weights file '{path}': not a PyTorch (.pt/.pth) or safetensors file "
+            f"({type(e).__name__} while reading it)."
+        ) from None
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]

@@ -281,5 +281,25 @@ def open_onnx_session(
         raise CxrkitError(
             f"--runtime onnx runs on cpu or cuda, not '{device}': use --runtime torch for it."
         )
-    session = ort.InferenceSession(str(path), providers=providers)
+    try:
+        session = ort.InferenceSession(str(path), providers=providers)
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a bad graph
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise CxrkitError(
+            f"'{path}' is not a model onnxruntime can run ({first}): run `cxrkit export onnx "
+            f"{artifact}` again."
+        ) from None
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    n_out = len(meta.labels) * meta.outputs_per_label
+    last = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+    if (
+        len(inputs) != 1
+        or len(outputs) != 1
+        or inputs[0].name != ONNX_INPUT
+        or (isinstance(last, int) and last != n_out)
+    ):
+        raise CxrkitError(
+            f"'{path}' does not have the shape of this artifact's network (one input "
+            f"'{ONNX_INPUT}', one output of {n_out} values): run `cxrkit export onnx {artifact}` again."
+        )
     return session, meta, facts
