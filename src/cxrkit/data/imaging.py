@@ -166,11 +166,8 @@ def _pydicom_api() -> dict[str, Any]:
 
 
 def _dicom_error(path: str, what: str, e: BaseException | None = None) -> ImageReadError:
-    # Only the first line of pydicom's message, cut short: never a dump of the dataset.
-    detail = ""
-    if e is not None:
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        detail = f" ({type(e).__name__}: {first})" if first else f" ({type(e).__name__})"
+    # The exception's type only: pydicom's messages can quote header values (patient data).
+    detail = f" ({type(e).__name__})" if e is not None else ""
     return ImageReadError(f"cannot decode DICOM '{path}': {what}{detail}.")
 
 

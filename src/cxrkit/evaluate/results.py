@@ -284,7 +284,16 @@ _MODEL_KEYS = (
     "operating_point",
     "calibration",
 )
-_FILES_KEYS = ("predictions", "labels", "level", "aggregate", "bootstrap_groups")
+_FILES_KEYS = (
+    "predictions",
+    "labels",
+    "predictions_sha256",
+    "labels_sha256",
+    "level",
+    "aggregate",
+    "bootstrap_groups",
+    "notes",
+)
 
 
 @dataclass
@@ -325,6 +334,11 @@ class EvalResults(_Record):
     level: str | None = None
     aggregate: str | None = None
     bootstrap_groups: str | None = None
+    #: the scored files' SHA-256 (file scoring), so a result names exactly what it scored
+    predictions_sha256: str | None = None
+    labels_sha256: str | None = None
+    #: one line each on what was left out of the scores and why (file scoring)
+    notes: list[str] | None = None
     #: which of the two kinds this is (not written): "model" or "files"
     kind: str = field(default="model", compare=False)
 
