@@ -241,18 +241,24 @@ def test_score_files_bad_inputs(tmp_path):
     pd.concat([pred, pred.iloc[[0]]]).to_csv(tmp_path / "dup.csv", index=False)
     with pytest.raises(CxrkitError, match="duplicate 'Path'"):
         score_files(tmp_path / "dup.csv", tmp_path / "labels.csv", n_boot=0)
-    # a misspelt column is named in the message
+    # a misspelt column: the findings in both files are scored, and a note names what was left
     pred.rename(columns={"Edema": "Edemaa"}).to_csv(tmp_path / "typo.csv", index=False)
-    with pytest.raises(CxrkitError, match="Edemaa"):
-        score_files(tmp_path / "typo.csv", tmp_path / "labels.csv", n_boot=0)
+    result, _ = score_files(tmp_path / "typo.csv", tmp_path / "labels.csv", n_boot=0)
+    assert "Edema" not in result.image.findings and len(result.image.findings) == len(lab.columns) - 2
+    assert any("Edemaa" in n for n in result.notes) and any(
+        "only in the labels" in n for n in result.notes
+    )
     pred.drop(columns=["Edema"]).to_csv(tmp_path / "fewer.csv", index=False)
-    with pytest.raises(CxrkitError, match="differ.*only in labels"):
-        score_files(tmp_path / "fewer.csv", tmp_path / "labels.csv", n_boot=0)
+    result, _ = score_files(tmp_path / "fewer.csv", tmp_path / "labels.csv", n_boot=0)
+    assert any("only in the labels: Edema" in n for n in result.notes)
+    # scores above 1 are scores: ranked, and the 0.5 threshold's metrics left out, with a note
     bad = pred.copy()
     bad.loc[3, "Edema"] = 1.7
     bad.to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(CxrkitError, match=r"'Edema'.*outside \[0, 1\]"):
-        score_files(tmp_path / "bad.csv", tmp_path / "labels.csv", n_boot=0)
+    result, _ = score_files(tmp_path / "bad.csv", tmp_path / "labels.csv", n_boot=0)
+    edema = result.image.findings["Edema"]
+    assert edema.auroc is not None and edema.threshold is None and edema.sensitivity is None
+    assert any("'Edema': scores are not probabilities" in n for n in result.notes)
     # a finding with no positive case: undefined with the reason, never NaN, never a crash
     lab.assign(Cardiomegaly=0).to_csv(tmp_path / "noneg.csv", index=False)
     result, _ = score_files(tmp_path / "pred.csv", tmp_path / "noneg.csv", n_boot=20)

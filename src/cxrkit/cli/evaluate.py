@@ -16,6 +16,7 @@ from cxrkit.cli.common import (
     _progress,
     _quiet_lightning,
     console,
+    err_console,
 )
 from cxrkit.core.errors import CxrkitError
 
@@ -31,12 +32,14 @@ def evaluate_cmd(
         str, typer.Option("--fit-split", help="The part operating points are fitted on.")
     ] = "val",
     operating_point: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--operating-point",
-            help="fixed | youden | max_f1 | sensitivity | specificity (fitted on --fit-split).",
+            help="fixed | youden | max_f1 | sensitivity | specificity (fitted on --fit-split, or "
+            "on --val-predictions/--val-labels for files). Default: youden for a run, fixed for files.",
+            show_default=False,
         ),
-    ] = "youden",
+    ] = None,
     target: Annotated[
         float | None,
         typer.Option(
@@ -69,8 +72,29 @@ def evaluate_cmd(
         Path | None, typer.Option(help="Labels CSV for --predictions (CheXpert layout accepted).")
     ] = None,
     findings: Annotated[
-        str | None, typer.Option(help="Comma-separated findings to score (with --predictions).")
+        str | None,
+        typer.Option(
+            help="Findings to score with --predictions: names, comma-separated, or a set "
+            "(competition); default: those in both files."
+        ),
     ] = None,
+    val_predictions: Annotated[
+        Path | None,
+        typer.Option(
+            help="Validation predictions to fit --operating-point on (with --predictions)."
+        ),
+    ] = None,
+    val_labels: Annotated[Path | None, typer.Option(help="Labels of --val-predictions.")] = None,
+    readers: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A reader's binary reads in the labels' layout (repeatable): compare the model "
+            "with radiologists."
+        ),
+    ] = None,
+    reference: Annotated[
+        str, typer.Option(help="The truth with --readers: labels | majority (of the readers).")
+    ] = "labels",
     localization: Annotated[
         Path | None,
         typer.Option(
@@ -102,7 +126,7 @@ def evaluate_cmd(
             predictions,
             labels,
             findings=findings,
-            operating_point=operating_point,
+            operating_point=(operating_point or "fixed").lower(),
             target=target,
             aggregate=aggregate,
             bootstrap=bootstrap,
@@ -110,8 +134,19 @@ def evaluate_cmd(
             level=level,
             calibrate=calibrate,
             out=out,
+            val_predictions=val_predictions,
+            val_labels=val_labels,
+            readers=readers,
+            reference=reference.lower(),
         )
         return
+    for flag, given in (
+        ("--val-predictions", val_predictions is not None),
+        ("--val-labels", val_labels is not None),
+        ("--readers", bool(readers)),
+    ):
+        if given:
+            raise CxrkitError(f"{flag} goes with --predictions/--labels, not with a run.")
     if run is None:
         raise CxrkitError(
             "nothing to evaluate: pass a run folder (runs/<name>) or --predictions and --labels."
@@ -120,7 +155,7 @@ def evaluate_cmd(
         run,
         split=split,
         fit_split=fit_split,
-        operating_point=operating_point,
+        operating_point=operating_point or "youden",
         target=target,
         aggregate=aggregate,
         bootstrap=bootstrap,
@@ -184,6 +219,10 @@ def _score_files(
     level: float,
     calibrate: bool,
     out: Path | None,
+    val_predictions: Path | None,
+    val_labels: Path | None,
+    readers: list[Path] | None,
+    reference: str,
 ) -> None:
     """``evaluate --predictions --labels``: score any model's outputs and print the metrics."""
     from cxrkit.evaluate.files import score_files
@@ -192,28 +231,75 @@ def _score_files(
         raise CxrkitError("--predictions and --labels go together: pass both files.")
     if run is not None:
         raise CxrkitError("pass either a run/artifact or --predictions/--labels, not both.")
-    if calibrate or operating_point.lower() not in ("youden", "fixed"):
+    if calibrate:
         raise CxrkitError(
-            "--predictions/--labels have no validation part to fit operating points or a "
-            "temperature on: use --operating-point fixed --target T (default 0.5)."
+            "--calibrate fits a temperature on a run's validation part; files have none (scores "
+            "may not even be probabilities): leave --calibrate out."
         )
+    fixed = operating_point == "fixed"
     _guard_output(out / "metrics.json" if out else None, predictions, labels)
     result, folder = score_files(
         predictions,
         labels,
-        findings=[x.strip() for x in findings.split(",")] if findings else None,
+        findings=findings,
         aggregate=aggregate if aggregate != "none" else "max",
-        threshold=target,
+        threshold=target if fixed else None,
+        operating_point=operating_point,
+        target=None if fixed else target,
+        val_predictions=val_predictions,
+        val_labels=val_labels,
+        readers=list(readers or []) or None,
+        reference=reference,
         n_boot=bootstrap,
         seed=seed,
         level=level,
         out=out,
     )
+    for note in result.notes or []:
+        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
     _print_metrics(result.image, f"{result.level}-level metrics: {predictions}")
+    if result.readers:
+        _print_readers(result.readers)
     if folder:
         console.print(f"metrics in {folder / 'metrics.json'}")
     else:
         console.print("not saved: pass --out DIR to write predictions.parquet and metrics.json")
+
+
+def _print_readers(readers: dict) -> None:
+    """One table per finding: each reader, and the model at the reader's operating point."""
+    for f, c in readers.items():
+        lvl = int(round(c.level * 100))
+        t = Table(
+            title=f"{f}: the model against {len(c.readers)} readers ({c.n:,} cases, "
+            f"{c.positives:,} positive; {lvl} % CIs)",
+            title_justify="left",
+        )
+        for col in ("reader", "sens", "spec", "PPV", "F1", "below ROC", "model sens at spec", "p"):
+            t.add_column(col, justify="left" if col == "reader" else "right", no_wrap=True)
+        for r in c.readers:
+            m = r.model_at_reader_specificity
+            t.add_row(
+                r.name,
+                *[
+                    _ci_text(r.stats[k].value, [r.stats[k].lo, r.stats[k].hi])
+                    for k in ("sensitivity", "specificity")
+                ],
+                _num(r.stats["ppv"].value),
+                _num(r.stats["f1"].value),
+                "yes" if r.below_model_curve else "no",
+                _ci_text(m.model.value, [m.model.lo, m.model.hi]),
+                "" if m.mcnemar_p is None else f"{m.mcnemar_p:.3g}",
+            )
+        console.print(t)
+        line = f"readers below the model's ROC curve: {c.readers_below_curve} of {len(c.readers)}"
+        if c.f1_difference.value is not None:
+            d = c.f1_difference
+            line += (
+                f"; model F1 {_num(c.model_f1.value)} vs mean reader F1 {_num(c.mean_reader_f1.value)}: "
+                f"difference {_ci_text(d.value, [d.lo, d.hi])}, p = {c.f1_p:.3g}"
+            )
+        console.print(line)
 
 
 def _score_run(

@@ -11,6 +11,11 @@ import unicodedata
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
+#: Columns of a prediction table (``cxrkit predict``'s output, read back by ``cxrkit evaluate
+#: --predictions``): ``<finding>_positive`` holds the decision, ``error`` why an image has no scores.
+POSITIVE_SUFFIX = "_positive"
+ERROR_COLUMN = "error"
+
 
 def slug(name: str, *, max_len: int = 64) -> str:
     """``name`` as one safe file-name component: ASCII letters, digits, ``.``, ``_``, ``-`` only.

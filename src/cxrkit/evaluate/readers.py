@@ -321,3 +321,45 @@ def _matched(
         difference=_estimate(point[0] - point[1], boot[:, 0] - boot[:, 1], level),
         mcnemar_p=_mcnemar(model_pred[cases], read[cases]),
     )
+
+
+def comparison_from_dict(data: dict) -> ReaderComparison:
+    """A :class:`ReaderComparison` from its JSON form (as ``metrics.json`` holds it)."""
+
+    def est(d: dict | None) -> Estimate:
+        return Estimate(**d) if d else Estimate(None)
+
+    def matched(d: dict) -> MatchedPoint:
+        return MatchedPoint(
+            threshold=d.get("threshold"),
+            model=est(d.get("model")),
+            reader=d.get("reader"),
+            difference=est(d.get("difference")),
+            mcnemar_p=d.get("mcnemar_p"),
+        )
+
+    readers = [
+        ReaderResult(
+            name=r["name"],
+            tp=r["tp"],
+            fp=r["fp"],
+            fn=r["fn"],
+            tn=r["tn"],
+            stats={k: est(v) for k, v in r["stats"].items()},
+            below_model_curve=r["below_model_curve"],
+            model_at_reader_specificity=matched(r["model_at_reader_specificity"]),
+            model_at_reader_sensitivity=matched(r["model_at_reader_sensitivity"]),
+        )
+        for r in data["readers"]
+    ]
+    return ReaderComparison(
+        **{
+            k: v
+            for k, v in data.items()
+            if k not in {"readers", "model_f1", "mean_reader_f1", "f1_difference"}
+        },
+        readers=readers,
+        model_f1=est(data.get("model_f1")),
+        mean_reader_f1=est(data.get("mean_reader_f1")),
+        f1_difference=est(data.get("f1_difference")),
+    )

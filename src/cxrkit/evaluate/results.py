@@ -130,11 +130,11 @@ class FindingMetrics(_Record):
     auprc: float | None
     auprc_ci: list[float] | None
     bootstrap_skipped: int | None
-    threshold: float
-    tp: int
-    fp: int
-    fn: int
-    tn: int
+    threshold: float | None  # None: scores that are not probabilities, and no threshold given
+    tp: int | None
+    fp: int | None
+    fn: int | None
+    tn: int | None
     sensitivity: float | None
     specificity: float | None
     ppv: float | None
@@ -339,6 +339,8 @@ class EvalResults(_Record):
     labels_sha256: str | None = None
     #: one line each on what was left out of the scores and why (file scoring)
     notes: list[str] | None = None
+    #: finding → the model against human readers (file scoring with readers)
+    readers: dict[str, Any] | None = None
     #: which of the two kinds this is (not written): "model" or "files"
     kind: str = field(default="model", compare=False)
 
@@ -362,6 +364,8 @@ class EvalResults(_Record):
         out["primary"] = self.primary
         if self.data is not None:
             out["data"] = self.data.to_dict()
+        if self.readers:
+            out["readers"] = {f: _plain(dataclasses.asdict(c)) for f, c in self.readers.items()}
         return out
 
     @classmethod
@@ -373,8 +377,13 @@ class EvalResults(_Record):
                 f"metrics.json has schema_version {version!r}, newer than this cxrkit reads "
                 f"({SCHEMA_VERSION}): upgrade cxrkit, or evaluate again with this one."
             )
-        res = super().from_dict({**data, "schema_version": version})
+        readers = data.get("readers")
+        res = super().from_dict({**data, "schema_version": version, "readers": None})
         res.kind = "files" if "predictions" in data and "run" not in data else "model"
+        if readers:
+            from cxrkit.evaluate.readers import comparison_from_dict
+
+            res.readers = {f: comparison_from_dict(c) for f, c in readers.items()}
         return res
 
 

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from cxrkit.core.errors import CxrkitError, did_you_mean, preview
+from cxrkit.core.names import ERROR_COLUMN, POSITIVE_SUFFIX
 from cxrkit.data.imaging import (
     DICOM_SUFFIXES,
     ImageReadError,
@@ -44,8 +45,6 @@ RUNTIMES = ("torch", "onnx")
 #: Files a folder is searched for (case-insensitive); suffix-less DICOM files are found by magic.
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", *DICOM_SUFFIXES)
 PATH_COLUMN = "path"
-ERROR_COLUMN = "error"
-POSITIVE_SUFFIX = "_positive"
 _GLOB_CHARS = frozenset("*?[")
 
 

@@ -69,9 +69,11 @@ def _group_ids(groups: Any, n: int, what: str = "groups") -> tuple[np.ndarray, n
 
 
 def _check_arrays(
-    y: Any, mask: Any, probs: Any, findings: Sequence[str] | None
+    y: Any, mask: Any, probs: Any, findings: Sequence[str] | None, *, scores: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Validate the (N, L) inputs; return float64 y, bool mask, float64 probs and L names."""
+    """Validate the (N, L) inputs; return float64 y, bool mask, float64 probs and L names.
+
+    ``scores=True`` accepts any finite real values (rank metrics need no probabilities)."""
     y = np.asarray(y, dtype=np.float64)
     probs = np.asarray(probs, dtype=np.float64)
     mask = np.asarray(mask)
@@ -100,7 +102,17 @@ def _check_arrays(
     if len(set(findings)) != len(findings):
         dup = sorted({f for f in findings if findings.count(f) > 1})
         raise CxrkitError(f"finding names must be distinct; repeated: {preview(dup)}.")
-    bad = ~((probs >= 0.0) & (probs <= 1.0))  # NaN fails both comparisons
+    if scores:
+        bad = ~np.isfinite(probs)
+        if bad.any():
+            j = int(np.flatnonzero(bad.any(axis=0))[0])
+            raise CxrkitError(
+                f"scores for '{findings[j]}' have {int(bad[:, j].sum())} value(s) that are not "
+                "finite numbers (NaN or infinite): leave those rows out."
+            )
+        bad = np.zeros_like(bad)
+    else:
+        bad = ~((probs >= 0.0) & (probs <= 1.0))  # NaN fails both comparisons
     if bad.any():
         cols = np.flatnonzero(bad.any(axis=0))
         j = int(cols[0])

@@ -147,7 +147,8 @@ def bootstrap_auroc(
         "micro_skipped", "competition_auroc_ci", "competition_findings",
         "competition_skipped"}``; an interval is ``[lo, hi]`` or None when no resample defined it.
     """
-    y, mask, probs, findings = _check_arrays(y, mask, probs, findings)
+    # AUROC and AP are rank statistics: any finite scores will do
+    y, mask, probs, findings = _check_arrays(y, mask, probs, findings, scores=True)
     level = _check_level(level)
     if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise CxrkitError(f"n_boot must be a whole number, 1 or more; got {n_boot!r}.")

@@ -116,6 +116,8 @@ def evaluate(
     level: float = 0.95,
     competition: Sequence[str] | None = None,
     workers: int | None = None,
+    scores: bool = False,
+    unthresholded: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Every test-set metric, as written to ``metrics.json``.
 
@@ -141,11 +143,16 @@ def evaluate(
         level: confidence level of every interval.
         competition: findings of the competition mean (default the five CheXpert ones).
         workers: bootstrap processes (default: the usable cores).
+        scores: accept any finite real scores (AUROC, AUPRC and DeLong are rank statistics).
+        unthresholded: findings whose confusion counts and ratios are left out (None), e.g. scores
+            that are not probabilities with no threshold in their own units; they are left out of
+            ``confusion_total`` and of the macro F1 / sensitivity / specificity too.
 
     Returns:
         A JSON-serialisable dict (plain floats, ints, strings, lists and None).
     """
-    y, mask, probs, findings = _check_arrays(y, mask, probs, findings)
+    y, mask, probs, findings = _check_arrays(y, mask, probs, findings, scores=scores)
+    skip = set(unthresholded)
     level = _check_level(level)
     if not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise CxrkitError(f"n_boot must be a whole number, 0 or more; got {n_boot!r}.")
@@ -181,10 +188,13 @@ def evaluate(
             auc = _num(auc_v)
             ci_delong = [float(lo), float(hi)] if math.isfinite(lo) else None
             ap = _num(average_precision(yj, pj))
-        threshold = float(thresholds.get(name, DEFAULT_THRESHOLD))
+        threshold: float | None = float(thresholds.get(name, DEFAULT_THRESHOLD))
         conf = confusion(yj, pj, threshold)
-        for k in total:
-            total[k] += conf[k]
+        if name in skip:
+            threshold, conf = None, dict.fromkeys(conf)
+        else:
+            for k in total:
+                total[k] += conf[k]
         b = boot["findings"][name] if boot else None
         per[name] = {
             "n": int(len(yj)),
@@ -216,9 +226,9 @@ def evaluate(
         "competition_auroc_ci": boot["competition_auroc_ci"] if boot and comp_used else None,
         "competition_findings": comp_used,
         "macro_auprc": _mean([per[f]["auprc"] for f in defined]),
-        "macro_f1": _mean([per[f]["f1"] for f in defined]),
-        "macro_sensitivity": _mean([per[f]["sensitivity"] for f in defined]),
-        "macro_specificity": _mean([per[f]["specificity"] for f in defined]),
+        "macro_f1": _mean([per[f]["f1"] for f in defined if f not in skip]),
+        "macro_sensitivity": _mean([per[f]["sensitivity"] for f in defined if f not in skip]),
+        "macro_specificity": _mean([per[f]["specificity"] for f in defined if f not in skip]),
     }
     if boot:
         average["macro_bootstrap_skipped"] = boot["macro_skipped"]
