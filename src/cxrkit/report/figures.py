@@ -50,11 +50,19 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+#: how far below its axes a legend starts, in points: clear of ≤ 10 pt tick labels and x label
+_LEGEND_DROP_PT = 36
+
+
 def _legend_below(ax, fontsize: float = 7, ncol: int = 1) -> None:
-    """The axes' legend below them, clear of the x label: it never covers a curve or a marker."""
+    """The axes' legend below them, under the tick labels and the x label (a fixed distance in
+    points, whatever the axes' size): it never covers a curve or a marker."""
+    from matplotlib.transforms import offset_copy
+
     ax.legend(
         loc="upper center",
-        bbox_to_anchor=(0.5, -0.2),
+        bbox_to_anchor=(0.5, 0.0),
+        bbox_transform=offset_copy(ax.transAxes, ax.figure, y=-_LEGEND_DROP_PT, units="points"),
         fontsize=fontsize,
         ncol=ncol,
         frameon=False,

@@ -50,6 +50,28 @@ def _synthetic_text(data: DataSummary | None) -> str:
     return f"no ({root} holds no synthetic.json)"
 
 
+def _datasets(pred: pd.DataFrame | None, data: DataSummary | None, cfg: Any) -> str:
+    """The dataset(s) of the evaluated images: the predictions' ``dataset`` column, else the
+    index's (a merged index holds several)."""
+    if pred is not None and "dataset" in pred:
+        names = sorted(str(d) for d in pred["dataset"].dropna().unique())
+        return ", ".join(names) or "—"
+    index = data.index if data is not None else (cfg.data.index if cfg is not None else None)
+    if not index or not Path(index).is_file():
+        return "unknown (the index is not there)" if index else "unknown"
+    from cxrkit.data.index import read_index
+
+    try:
+        idx = read_index(index)
+    except CxrkitError as e:
+        return f"unknown ({e})"
+    if "dataset" in idx.frame:
+        names = sorted(str(d) for d in idx.frame["dataset"].dropna().unique())
+    else:
+        names = [str(idx.meta.get("dataset", "unknown"))]
+    return ", ".join(names) or "unknown"
+
+
 def _kv_section(sec: Section, rows: list[list[Any]], caption: str) -> None:
     h, md = table(["", "value"], rows, caption)
     sec.html.append(h)
@@ -135,9 +157,7 @@ def model_section(
         ]
     )
     rows.append(["training time", _duration(extra.get("train_seconds"))])
-    datasets = "—"
-    if pred is not None and "dataset" in pred:
-        datasets = ", ".join(sorted(str(d) for d in pred["dataset"].dropna().unique())) or "—"
+    datasets = _datasets(pred, results.data, cfg)
     rows.append(["dataset(s)", datasets])
     if cfg is not None:
         rows += [
