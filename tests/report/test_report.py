@@ -436,3 +436,22 @@ def test_sections_come_in_the_stated_order(runs, evaluated, tmp_path):
         assert re.findall(r"<h2 id='[^']*'>([^<]*)</h2>", text) == summary["sections"]
         md = (tmp_path / name / "report.md").read_text()
         assert f"Sections, in this order: {' · '.join(summary['sections'])}." in md
+
+
+def test_an_ensembles_map_size_is_its_coarsest_members(tmp_path):
+    import torch
+
+    from conftest import tiny_artifact
+    from cxrkit.model.artifact import build_pipeline, load_artifact
+    from cxrkit.model.cam import ArtifactCAM
+    from cxrkit.model.ensemble import make_ensemble
+
+    labels = ("Cardiomegaly", "Edema")
+    a = tiny_artifact(tmp_path / "a", labels, seed=0)
+    b = tiny_artifact(tmp_path / "b", labels, seed=1)
+    model, meta = load_artifact(make_ensemble([a, b], tmp_path / "ens"))
+    cam = ArtifactCAM(model, meta)
+    small = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
+    cam(small, build_pipeline(meta)(torch.from_numpy(small)[None]), 0)
+    sizes = [member.map_size for member, *_ in cam.members]
+    assert all(sizes) and cam.map_size == min(sizes, key=lambda hw: hw[0] * hw[1])
