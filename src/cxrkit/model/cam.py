@@ -270,6 +270,9 @@ class GradCAM:
         self.model, self.output, self.method = model, output, method
         self._layer = layer
         self._resolved: tuple[str, nn.Module] | None = None
+        #: (h, w) of the target layer's feature map at the last call (None before the first):
+        #: the map's real resolution, before it is upsampled to the input size
+        self.map_size: tuple[int, int] | None = None
         if layer is not None or _family_layer(model) is not None:
             self._resolved = resolve_layer(model, layer)
         self._lock = _model_lock(model)
@@ -344,6 +347,7 @@ class GradCAM:
                 "output does not use?). Pass another layer."
             )
         acts = acts.detach()
+        self.map_size = (int(acts.shape[2]), int(acts.shape[3]))
         weights = cam_weights(acts, grads, self.method)  # (B, K)
         cam = torch.einsum("bk,bkhw->bhw", weights, acts.float()).clamp(min=0)  # (B, h, w)
         cam = F.interpolate(cam[:, None], size=x.shape[2:], mode="bilinear", align_corners=False)
@@ -400,6 +404,9 @@ class ArtifactCAM:
         else:
             self.cam = GradCAM(model, layer, meta.output, method)
         self.method = method
+        #: (h, w) of the feature map behind the last map (an ensemble: its coarsest member's),
+        #: None before the first call
+        self.map_size: tuple[int, int] | None = None
 
     def __call__(self, small: np.ndarray, x: torch.Tensor, index: int) -> np.ndarray:
         """(S, S) float32 map in [0, 1] of output ``index`` for one image.
@@ -411,11 +418,16 @@ class ArtifactCAM:
             index: the output's position in the model's label order.
         """
         if self.cam is not None:
-            return self.cam(x, index)[0]
+            heat = self.cam(x, index)[0]
+            self.map_size = self.cam.map_size
+            return heat
         u8 = torch.from_numpy(np.array(small, np.uint8))[None].to(x.device)
         total = None
+        sizes = []
         for cam, pipe, order, w in self.members:
             h = w * cam(pipe(u8), order[index])[0]
             total = h if total is None else total + h
+            sizes.append(cam.map_size)
+        self.map_size = min(sizes, key=lambda hw: hw[0] * hw[1])
         top = float(total.max())
         return (total / top if top > 0 else total).astype(np.float32)

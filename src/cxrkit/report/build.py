@@ -5,7 +5,9 @@ with the data summary and the ROC bands, ``predictions.parquet``) and, when the 
 there, its logs (training curves); the gallery reads the original images through
 :class:`cxrkit.use.explain.Explainer`. Nothing in the HTML is fetched from the network: figures
 are PNG data URIs, the style sheet is inline. Figures are in :mod:`cxrkit.report.figures`,
-sections in :mod:`cxrkit.report.sections`; comparing runs is :mod:`cxrkit.evaluate.compare`.
+sections in :mod:`cxrkit.report.sections` (what was evaluated: :mod:`cxrkit.report.provenance`);
+comparing runs is :mod:`cxrkit.evaluate.compare`. The sections always come in the order of
+:data:`cxrkit.report.sections.SECTION_ORDER` (those a report has), stated at the top of the page.
 """
 
 from __future__ import annotations
@@ -38,12 +40,14 @@ from cxrkit.report.figures import (
     fig_roc,
     fig_training,
 )
+from cxrkit.report.provenance import files_section, model_section
 from cxrkit.report.sections import (
     Section,
     data_sections,
     gallery_section,
     metrics_section,
     render_page,
+    section_rank,
 )
 
 log = logging.getLogger(__name__)
@@ -70,18 +74,21 @@ def build_report(path: str | Path, out: str | Path | None = None) -> tuple[Path,
     main = metrics.main
     findings = list(main.findings)
     sections: list[Section] = []
-    if run is not None and metrics.data is not None:
-        sections.extend(data_sections(metrics.data))
-    if run is not None:
-        logs = run / "logs" / "metrics.csv"
-        if logs.is_file():
+    if metrics.kind == "files":
+        sections.append(files_section(metrics))
+    else:
+        training = None
+        logs = run / "logs" / "metrics.csv" if run is not None else None
+        if logs is not None and logs.is_file():
             png = fig_training(pd.read_csv(logs))
             if png:
-                tr = Section("Training")
-                tr.figures.append(
-                    Figure("training", "Loss, validation AUROC and learning rate.", png)
-                )
-                sections.append(tr)
+                training = Figure("training", "Loss, validation AUROC and learning rate.", png)
+        artifact = Path(metrics.artifact) if metrics.artifact else None
+        if artifact is None or not artifact.is_dir():
+            artifact = run / RUN_MODEL_DIR if run is not None else artifact
+        sections.append(model_section(metrics, run, artifact, pred, training))
+    if run is not None and metrics.data is not None:
+        sections.extend(data_sections(metrics.data))
     sections.append(metrics_section(main, level, findings))
     if metrics.study is not None and level == "study":
         sections.append(metrics_section(metrics.image, "image", findings))
@@ -122,15 +129,16 @@ def build_report(path: str | Path, out: str | Path | None = None) -> tuple[Path,
         sections.append(cal)
     if metrics.data is not None and pred is not None and run is not None:
         op = metrics.operating_point
-        g = gallery_section(
-            pred,
-            findings,
-            Path(metrics.artifact or run / "model"),
-            op.thresholds if op is not None else {},
-            Path(metrics.data.image_root),
+        sections.append(
+            gallery_section(
+                pred,
+                findings,
+                Path(metrics.artifact or run / RUN_MODEL_DIR),
+                op.thresholds if op is not None else {},
+                Path(metrics.data.image_root),
+            )
         )
-        if g:
-            sections.append(g)
+    sections.sort(key=lambda sec: section_rank(sec.title))  # stable: study before image metrics
     op = metrics.operating_point
     intro = [
         f"<p>Run <code>{html.escape(str(run or ev))}</code>; part "

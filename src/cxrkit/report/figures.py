@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,11 +16,22 @@ from cxrkit.evaluate.tables import ci_text, fmt
 
 @dataclass
 class Figure:
-    """A rendered figure: id, caption and PNG bytes."""
+    """A rendered figure: id, caption, PNG bytes and an optional caveat shown under it."""
 
     id: str
     caption: str
     png: bytes
+    note: str | None = None
+
+
+#: where a part goes in tables and figures: train, then validation, then test; others after
+_PART_RANK = {"train": 0, "train_val": 0, "val": 1, "valid": 1, "validation": 1, "test": 2}
+
+
+def ordered_parts(parts: Iterable[str]) -> list[str]:
+    """Parts in train/val/test order, whatever order they came in; other parts (folds, ...)
+    follow in their given order."""
+    return sorted(parts, key=lambda p: _PART_RANK.get(str(p).lower(), len(_PART_RANK)))
 
 
 def _plt():
@@ -36,6 +48,31 @@ def _png(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     _plt().close(fig)
     return buf.getvalue()
+
+
+#: how far below its axes a legend starts, in points: clear of ≤ 10 pt tick labels and x label
+_LEGEND_DROP_PT = 36
+
+
+def _legend_below(ax, fontsize: float = 7, ncol: int = 1) -> None:
+    """The axes' legend below them, under the tick labels and the x label (a fixed distance in
+    points, whatever the axes' size): it never covers a curve or a marker."""
+    from matplotlib.transforms import offset_copy
+
+    ax.legend(
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        bbox_transform=offset_copy(ax.transAxes, ax.figure, y=-_LEGEND_DROP_PT, units="points"),
+        fontsize=fontsize,
+        ncol=ncol,
+        frameon=False,
+        borderaxespad=0,
+    )
+
+
+def _legend_right(ax, fontsize: float = 8) -> None:
+    """The axes' legend to their right, outside them."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=fontsize, borderaxespad=0)
 
 
 def _grid(n: int) -> tuple[int, int]:
@@ -100,7 +137,7 @@ def fig_roc(pred: pd.DataFrame, metrics: LevelMetrics, findings: list[str], leve
         ax.plot(fpr, tpr, c="C0", lw=1.5, label=f"AUC {ci_text(m.auroc, m.auroc_ci)}")
         spec = m.specificity
         _operating_point(ax, None if spec is None else 1 - spec, m.sensitivity, m)
-        ax.legend(loc="lower right", fontsize=7)
+        _legend_below(ax)
         return None
 
     return _finding_panels(findings, "1 − specificity", "sensitivity", draw)
@@ -119,7 +156,7 @@ def fig_pr(pred: pd.DataFrame, metrics: LevelMetrics, findings: list[str]) -> by
         ax.plot(rec, prec, c="C2", lw=1.5, label=f"AP {ci_text(m.auprc, m.auprc_ci)}")
         ax.axhline(y.mean(), ls=":", c="grey", lw=0.8, label=f"prevalence {y.mean():.3f}")
         _operating_point(ax, m.sensitivity, m.ppv, m)
-        ax.legend(loc="upper right", fontsize=7)
+        _legend_below(ax)
         return None
 
     return _finding_panels(findings, "recall (sensitivity)", "precision (PPV)", draw)
@@ -179,7 +216,7 @@ def fig_calibration(calib: Calibration) -> bytes:
     ax.set_ylabel("fraction positive")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, loc="upper left")
+    _legend_below(ax, 8)
     ax.set_title("reliability (all findings pooled)", fontsize=9)
     fig.tight_layout()
     return _png(fig)
@@ -199,14 +236,15 @@ def fig_training(logs: pd.DataFrame) -> bytes | None:
             drew = True
     axes[0].set_xlabel("epoch")
     axes[0].set_title("loss", fontsize=9)
-    axes[0].legend(fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:
+        _legend_below(axes[0], 8)
     if "val/mean_auc" in cols:
         d = ep.dropna(subset=["val/mean_auc"])
         axes[1].plot(d["epoch"], d["val/mean_auc"], "o-", ms=3, c="C2", label="mean")
         for c in [c for c in cols if c.startswith("val/auc/")]:
             dd = ep.dropna(subset=[c])
             axes[1].plot(dd["epoch"], dd[c], lw=0.8, alpha=0.6, label=c.split("/", 2)[2])
-        axes[1].legend(fontsize=6, ncol=2)
+        _legend_below(axes[1], 6, ncol=3)
         drew = True
     axes[1].set_xlabel("epoch")
     axes[1].set_title("validation AUROC", fontsize=9)
@@ -228,7 +266,7 @@ def fig_prevalence(split: dict) -> bytes:
     """Prevalence per part, from the split report."""
     plt = _plt()
     findings = list(split["findings"])
-    parts = list(split["parts"])
+    parts = ordered_parts(split["parts"])
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(findings) + 2), 3.4))
     w = 0.8 / max(len(parts), 1)
     x = np.arange(len(findings))
@@ -238,7 +276,7 @@ def fig_prevalence(split: dict) -> bytes:
         ax.bar(x + i * w, prev, w, label=p)
     ax.set_xticks(x + w * (len(parts) - 1) / 2, findings, rotation=40, ha="right", fontsize=7)
     ax.set_ylabel("prevalence")
-    ax.legend(fontsize=8)
+    _legend_right(ax)
     ax.set_title("prevalence per part (after the label policy)", fontsize=9)
     fig.tight_layout()
     return _png(fig)

@@ -17,7 +17,7 @@ from cxrkit.core.errors import CxrkitError
 from cxrkit.core.notice import NOTICE
 from cxrkit.evaluate.results import LABEL_PREFIX, DataSummary, LevelMetrics
 from cxrkit.evaluate.tables import ci_text, table
-from cxrkit.report.figures import Figure, fig_gallery, fig_prevalence
+from cxrkit.report.figures import Figure, fig_gallery, fig_prevalence, ordered_parts
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,9 @@ def data_sections(data: DataSummary) -> list[Section]:
     sec.html.append(h)
     sec.md.append(md)
     rep = data.split_report
+    parts = ordered_parts(rep["parts"])
     sp = Section("Split")
-    rows = [[p, rep["images"][p], rep["kept_images"][p], rep["patients"][p]] for p in rep["parts"]]
+    rows = [[p, rep["images"][p], rep["kept_images"][p], rep["patients"][p]] for p in parts]
     h, md = table(
         ["part", "images", "kept by policy", "patients"],
         rows,
@@ -178,8 +179,8 @@ def data_sections(data: DataSummary) -> list[Section]:
     rows = [
         [
             f,
-            *[rep["findings"][f]["positives"][p] for p in rep["parts"]],
-            *[rep["findings"][f]["prevalence"][p] for p in rep["parts"]],
+            *[rep["findings"][f]["positives"][p] for p in parts],
+            *[rep["findings"][f]["prevalence"][p] for p in parts],
             rep["findings"][f]["max_dev_pp"],
         ]
         for f in rep["findings"]
@@ -187,8 +188,8 @@ def data_sections(data: DataSummary) -> list[Section]:
     h, md = table(
         [
             "finding",
-            *[f"pos {p}" for p in rep["parts"]],
-            *[f"prev {p}" for p in rep["parts"]],
+            *[f"pos {p}" for p in parts],
+            *[f"prev {p}" for p in parts],
             "max dev (pp)",
         ],
         rows,
@@ -203,16 +204,79 @@ def data_sections(data: DataSummary) -> list[Section]:
     return [sec, sp]
 
 
+#: the report's sections, in the one order every report lists them (those a report has);
+#: "Metrics" covers "Metrics (study level)" and "Metrics (image level)"
+SECTION_ORDER: tuple[str, ...] = (
+    "Model and training",
+    "Scored files",
+    "Data",
+    "Split",
+    "Metrics",
+    "Curves",
+    "Calibration",
+    "Gallery",
+)
+
+
+def section_rank(title: str) -> int:
+    """A section's place in :data:`SECTION_ORDER` (a title may add `` (…)`` to its entry)."""
+    for i, name in enumerate(SECTION_ORDER):
+        if title == name or title.startswith(name + " ("):
+            return i
+    raise ValueError(f"section '{title}' has no place in SECTION_ORDER")
+
+
+#: a Grad-CAM map from a feature map coarser than this (per side) gets a caveat under it
+CAM_MIN_MAP_SIDE = 8
+#: thumbnails per finding and kind (true / false positives) in the gallery
+GALLERY_PER_KIND = 4
+
+
+def cam_caveat(map_size: tuple[int, int] | None) -> str | None:
+    """The caveat under a Grad-CAM image whose feature map is coarser than
+    :data:`CAM_MIN_MAP_SIDE` × :data:`CAM_MIN_MAP_SIDE`, else None."""
+    if map_size is None:
+        return None
+    h, w = int(map_size[0]), int(map_size[1])
+    if min(h, w) >= CAM_MIN_MAP_SIDE:
+        return None
+    return (
+        f"Caveat: these heatmaps come from a {h}×{w} feature map (coarser than "
+        f"{CAM_MIN_MAP_SIDE}×{CAM_MIN_MAP_SIDE}), upsampled to the image: each cell spans about "
+        f"1/{max(w, 1)} of the width, so a map shows a region, not a lesion's outline."
+    )
+
+
+def _gallery_line(f: str, thr: float, found: dict[str, int], drawn: dict[str, int]) -> str | None:
+    """Why a finding's true or false positives are not shown (None: both are)."""
+    why = []
+    for kind, label in (("tp", "true positive"), ("fp", "false positive")):
+        if drawn[kind]:
+            continue
+        if not found[kind]:
+            why.append(f"no {label} at the operating point (threshold {thr:.3f})")
+        else:
+            why.append(f"the {found[kind]} highest-scoring {label}s could not be read")
+    if not why:
+        return None
+    shown = "not shown" if not (drawn["tp"] or drawn["fp"]) else "partly shown"
+    return f"{f}: {shown}: {'; '.join(why)}."
+
+
 def gallery_section(
     pred: pd.DataFrame,
     findings: list[str],
     artifact: Path,
     thresholds: dict[str, Any],
     image_root: Path,
-) -> Section | None:
-    """Highest-scoring true and false positives per finding, read from the original images by
-    path through :class:`cxrkit.use.explain.Explainer` (with its Grad-CAM maps); without the
-    model or the images, a one-line section says so."""
+) -> Section:
+    """Highest-scoring true and false positives of every finding, read from the original images
+    by path through :class:`cxrkit.use.explain.Explainer` (with its Grad-CAM maps).
+
+    A finding (or kind) with no image gets one line saying why (no true positive at the operating
+    point, say); without the model or the images, the section is one line saying so. A figure whose
+    maps come from a feature map coarser than 8×8 carries :func:`cam_caveat`.
+    """
     from cxrkit.use.explain import Explainer
 
     img_rows = pred[pred["level"] == "image"]
@@ -230,17 +294,21 @@ def gallery_section(
         "<p>The highest-scoring true positives and false positives of each finding on "
         "the evaluated part, with Grad-CAM heatmaps.</p>"
     )
-    ranked = sorted(findings, key=lambda f: -np.nansum(img_rows[LABEL_PREFIX + f]))[:4]
+    lines: list[str] = []
     missing = 0
-    for f in ranked:
+    for f in findings:
         lab = img_rows[LABEL_PREFIX + f].to_numpy(float)
         s = img_rows[f].to_numpy(float)
         thr = thresholds.get(f)
         thr = 0.5 if thr is None else float(thr)
-        for kind, want in (("true positives", 1.0), ("false positives", 0.0)):
+        found = {"tp": 0, "fp": 0}
+        drawn = {"tp": 0, "fp": 0}
+        for key, kind, want in (("tp", "true positives", 1.0), ("fp", "false positives", 0.0)):
             sel = np.flatnonzero((lab == want) & (s >= thr))
-            sel = sel[np.argsort(-s[sel])][:4]
+            sel = sel[np.argsort(-s[sel])][:GALLERY_PER_KIND]
+            found[key] = len(sel)
             items = []
+            sizes = []
             for i in sel:
                 rel = img_rows["path"].iat[int(i)] if "path" in img_rows else None
                 path = None if rel is None else image_root / str(rel)
@@ -253,21 +321,33 @@ def gallery_section(
                     missing += 1
                     continue
                 items.append((f"p={s[i]:.2f}", e["gray"], e["heatmap_image"]))
+                sizes.append(ex.cam.map_size)
+            drawn[key] = len(items)
             if items:
+                coarsest = min((z for z in sizes if z), key=lambda z: z[0] * z[1], default=None)
                 sec.figures.append(
                     Figure(
                         f"gallery-{len(sec.figures)}",
                         f"{f}: {kind}, highest scores at threshold {thr:.3f}.",
                         fig_gallery(items, f"{f}: {kind}"),
+                        note=cam_caveat(coarsest),
                     )
                 )
-    if not sec.figures:
-        if missing:
-            line = "No gallery: the original images are not available at their indexed paths."
-            sec.html[:] = [f"<p>{line}</p>"]
-            sec.md[:] = [line + "\n"]
-            return sec
-        return None
+        line = _gallery_line(f, thr, found, drawn)
+        if line:
+            lines.append(line)
+    if not sec.figures and missing:
+        line = "No gallery: the original images are not available at their indexed paths."
+        sec.html[:] = [f"<p>{line}</p>"]
+        sec.md[:] = [line + "\n"]
+        return sec
+    if lines:
+        sec.html.append(
+            "<ul class='gallery-missing'>"
+            + "".join(f"<li>{html.escape(x)}</li>" for x in lines)
+            + "</ul>"
+        )
+        sec.md.append("".join(f"- {x}\n" for x in lines))
     return sec
 
 
@@ -295,8 +375,19 @@ def render_page(title: str, intro: list[str], sections: list[Section]) -> tuple[
         *intro,
     ]
     md = [f"# {title}\n", f"> {NOTICE}\n"]
-    for sec in sections:
-        sid = sec.title.lower().replace(" ", "-").replace("(", "").replace(")", "")
+    ids = [
+        sec.title.lower().replace(" ", "-").replace("(", "").replace(")", "") for sec in sections
+    ]
+    h.append(
+        "<p class='contents'>Sections, in this order: "
+        + " · ".join(
+            f"<a href='#{html.escape(i)}'>{html.escape(sec.title)}</a>"
+            for i, sec in zip(ids, sections, strict=True)
+        )
+        + ".</p>"
+    )
+    md.append("Sections, in this order: " + " · ".join(sec.title for sec in sections) + ".\n")
+    for sid, sec in zip(ids, sections, strict=True):
         h.append(f"<h2 id='{html.escape(sid)}'>{html.escape(sec.title)}</h2>")
         md.append(f"## {sec.title}\n")
         h.extend(sec.html)
@@ -306,8 +397,12 @@ def render_page(title: str, intro: list[str], sections: list[Section]) -> tuple[
             h.append(
                 f"<figure id='fig-{html.escape(fig.id)}'><img alt='{html.escape(fig.caption)}' "
                 f"src='data:image/png;base64,{data}'><figcaption>{html.escape(fig.caption)}"
-                "</figcaption></figure>"
+                "</figcaption>"
+                + (f"<p class='warn'>{html.escape(fig.note)}</p>" if fig.note else "")
+                + "</figure>"
             )
             md.append(f"![{fig.caption}](figures/{fig.id}.png)\n")
+            if fig.note:
+                md.append(f"> {fig.note}\n")
     h.append(f"<p><small>cxrkit {__version__}</small></p></body></html>")
     return "\n".join(h), "\n".join(md)
