@@ -46,6 +46,7 @@ from cxrkit.report.sections import (
     data_sections,
     gallery_section,
     metrics_section,
+    readers_section,
     render_page,
     section_rank,
 )
@@ -100,7 +101,7 @@ def build_report(path: str | Path, out: str | Path | None = None) -> tuple[Path,
                 "roc",
                 f"ROC per finding with the bootstrap {int(main.level * 100)} % "
                 "band and the operating point.",
-                fig_roc(lv, main, findings, float(main.level)),
+                fig_roc(lv, main, findings, float(main.level), metrics.readers),
             )
         )
         curves.figures.append(
@@ -116,6 +117,8 @@ def build_report(path: str | Path, out: str | Path | None = None) -> tuple[Path,
         )
     )
     sections.append(curves)
+    if metrics.readers:
+        sections.append(readers_section(metrics.readers))
     if metrics.calibration is not None:
         cal = Section("Calibration")
         c = metrics.calibration

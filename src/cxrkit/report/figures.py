@@ -114,8 +114,15 @@ def _operating_point(ax, x: Any, y: Any, m: FindingMetrics) -> None:
         ax.plot(x, y, "o", c="C3", ms=6, label=f"t = {fmt(m.threshold)}")
 
 
-def fig_roc(pred: pd.DataFrame, metrics: LevelMetrics, findings: list[str], level: float) -> bytes:
-    """ROC per finding with the bootstrap band evaluation wrote and the operating point."""
+def fig_roc(
+    pred: pd.DataFrame,
+    metrics: LevelMetrics,
+    findings: list[str],
+    level: float,
+    readers: dict[str, Any] | None = None,
+) -> bytes:
+    """ROC per finding with the bootstrap band evaluation wrote, the operating point, and each
+    reader's operating point with its interval cross (``readers``: finding → ReaderComparison)."""
     from sklearn.metrics import roc_curve
 
     bands = metrics.roc_bands or {}
@@ -137,6 +144,16 @@ def fig_roc(pred: pd.DataFrame, metrics: LevelMetrics, findings: list[str], leve
         ax.plot(fpr, tpr, c="C0", lw=1.5, label=f"AUC {ci_text(m.auroc, m.auroc_ci)}")
         spec = m.specificity
         _operating_point(ax, None if spec is None else 1 - spec, m.sensitivity, m)
+        for i, r in enumerate((readers or {}).get(f).readers if (readers or {}).get(f) else []):
+            se, sp = r.stats["sensitivity"], r.stats["specificity"]
+            if se.value is None or sp.value is None:
+                continue
+            xerr = None if sp.lo is None else [[sp.hi - sp.value], [sp.value - sp.lo]]
+            yerr = None if se.lo is None else [[se.value - se.lo], [se.hi - se.value]]
+            ax.errorbar(
+                1 - sp.value, se.value, xerr=xerr, yerr=yerr, fmt="s", ms=4, lw=0.8, capsize=1.5,
+                color=f"C{(i + 4) % 10}", label=r.name,
+            )  # fmt: skip
         _legend_below(ax)
         return None
 
@@ -170,6 +187,11 @@ def fig_confusion(metrics: LevelMetrics, findings: list[str]) -> bytes:
     fig, axes = plt.subplots(r, c, figsize=(2.6 * c, 2.5 * r), squeeze=False)
     for ax, f in zip(axes.flat, panels, strict=False):
         m = metrics.confusion_total if f.startswith("all findings") else metrics.findings[f]
+        if m.tp is None:  # scores that are not probabilities, and no threshold in their units
+            ax.set_title(f, fontsize=8)
+            ax.text(0.5, 0.5, "no threshold", ha="center", va="center", fontsize=8)
+            ax.axis("off")
+            continue
         cm = np.array([[m.tn, m.fp], [m.fn, m.tp]], float)
         ax.imshow(cm / max(cm.sum(), 1), cmap="Blues", vmin=0, vmax=1)
         for (i, j), v in np.ndenumerate(cm):

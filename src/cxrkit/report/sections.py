@@ -213,9 +213,56 @@ SECTION_ORDER: tuple[str, ...] = (
     "Split",
     "Metrics",
     "Curves",
+    "Readers",
     "Calibration",
     "Gallery",
 )
+
+
+def readers_section(readers: dict) -> Section:
+    """The model against human readers, per finding (see :mod:`cxrkit.evaluate.readers`)."""
+    sec = Section("Readers")
+    for f, c in readers.items():
+        rows = []
+        for r in c.readers:
+            m = r.model_at_reader_specificity
+            rows.append(
+                [
+                    r.name,
+                    ci_text(
+                        r.stats["sensitivity"].value,
+                        [r.stats["sensitivity"].lo, r.stats["sensitivity"].hi],
+                    ),
+                    ci_text(
+                        r.stats["specificity"].value,
+                        [r.stats["specificity"].lo, r.stats["specificity"].hi],
+                    ),
+                    r.stats["ppv"].value,
+                    r.stats["f1"].value,
+                    "yes" if r.below_model_curve else "no",
+                    ci_text(m.model.value, [m.model.lo, m.model.hi]),
+                    m.mcnemar_p,
+                ]
+            )
+        caption = (
+            f"{f}: {c.n:,} cases ({c.positives:,} positive); {c.readers_below_curve} of "
+            f"{len(c.readers)} readers below the model's ROC curve"
+        )
+        if c.f1_difference.value is not None:
+            d = c.f1_difference
+            caption += (
+                f"; model F1 minus mean reader F1 {ci_text(d.value, [d.lo, d.hi])}, "
+                f"p = {c.f1_p:.3g}"
+            )
+        h, md = table(
+            ["reader", "sensitivity", "specificity", "PPV", "F1", "below ROC",
+             "model sensitivity at the reader's specificity", "McNemar p"],
+            rows,
+            caption + ".",
+        )  # fmt: skip
+        sec.html.append(h)
+        sec.md.append(md)
+    return sec
 
 
 def section_rank(title: str) -> int:
