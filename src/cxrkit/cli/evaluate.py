@@ -276,7 +276,8 @@ def _print_readers(readers: dict) -> None:
             title_justify="left",
         )
         for col in ("reader", "sens", "spec", "PPV", "F1", "below ROC", "model sens at spec", "p"):
-            t.add_column(col, justify="left" if col == "reader" else "right", no_wrap=True)
+            # narrow terminals wrap the cells rather than cut numbers short
+            t.add_column(col, justify="left" if col == "reader" else "right", overflow="fold")
         for r in c.readers:
             m = r.model_at_reader_specificity
             t.add_row(
