@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -164,3 +165,32 @@ def write_dicom(path, stored, photometric: str = "MONOCHROME2", **tags):
         ds.is_little_endian, ds.is_implicit_VR = True, False
         ds.save_as(target, write_like_original=False)
     return target.getvalue() if path is None else path
+
+
+@contextlib.contextmanager
+def live_server(app, **config):
+    """A real uvicorn server for ``app`` on a free loopback port, in a thread; yields the port."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, **{"log_level": "error", **config})
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        assert server.started
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -244,7 +244,9 @@ def test_score_files_bad_inputs(tmp_path):
     # a misspelt column: the findings in both files are scored, and a note names what was left
     pred.rename(columns={"Edema": "Edemaa"}).to_csv(tmp_path / "typo.csv", index=False)
     result, _ = score_files(tmp_path / "typo.csv", tmp_path / "labels.csv", n_boot=0)
-    assert "Edema" not in result.image.findings and len(result.image.findings) == len(lab.columns) - 2
+    assert (
+        "Edema" not in result.image.findings and len(result.image.findings) == len(lab.columns) - 2
+    )
     assert any("Edemaa" in n for n in result.notes) and any(
         "only in the labels" in n for n in result.notes
     )

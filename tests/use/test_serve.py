@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+import conftest
 from conftest import tiny_artifact, write_dicom
 from cxrkit.use.serve import create_app
 
@@ -193,30 +191,10 @@ def test_openapi_contract_has_no_server_errors(artifact):
     assert ran >= 4  # /health, /model, /predict, /explain
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live_server(artifact):
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(artifact), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with conftest.live_server(create_app(artifact), log_level="warning") as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_page_in_headless_chromium(live_server, browser, tmp_path):

@@ -4,7 +4,6 @@ headers, API keys, CORS, and label names made to break out of headers and the pa
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import tiny_artifact
+from conftest import live_server, tiny_artifact
 from cxrkit.use.serve import create_app
 from cxrkit.use.serve.guard import FRAMING_BYTES, HeaderTimeoutProtocol
 
@@ -65,22 +64,8 @@ def test_declared_length_over_the_limit_is_refused_before_reading(artifact):
 @pytest.fixture(scope="module")
 def live(artifact):
     """A real uvicorn server (TestClient reads a streamed body whole before the app sees it)."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(artifact, max_upload_bytes=LIMIT, body_timeout_s=1.0)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield port
-    server.should_exit = True
-    thread.join(10)
+    with live_server(create_app(artifact, max_upload_bytes=LIMIT, body_timeout_s=1.0)) as port:
+        yield port
 
 
 def _send_chunked(
@@ -184,24 +169,8 @@ def test_label_names_travel_as_ascii_headers(hostile_artifact):
 
 
 def test_half_sent_headers_are_closed_after_the_deadline(artifact):
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     protocol = type("P", (HeaderTimeoutProtocol,), {"header_timeout": 0.5})
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(artifact), host="127.0.0.1", port=port, http=protocol, log_level="error"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.05)
+    with live_server(create_app(artifact), http=protocol) as port:
         slow = socket.create_connection(("127.0.0.1", port), timeout=5)
         slow.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
         t0 = time.monotonic()
@@ -213,41 +182,25 @@ def test_half_sent_headers_are_closed_after_the_deadline(artifact):
         assert ok.recv(100).startswith(b"HTTP/1.1 200")
         slow.close()
         ok.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_hostile_label_names_stay_text_in_the_page(hostile_artifact, browser, tmp_path):
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(hostile_artifact), host="127.0.0.1", port=port, log_level="error")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     path = tmp_path / "x.png"
     path.write_bytes(_png(120, 100, 3))
     page = browser.new_page()
     try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.05)
-        page.goto(f"http://127.0.0.1:{port}/")
-        page.set_input_files("#file", str(path))
-        page.wait_for_selector("#heatmap", timeout=30_000)
-        assert page.title() != "pwned"
-        assert page.locator("#bars img, #heat h2 img").count() == 0  # no element made from a name
-        names = page.eval_on_selector_all("#bars .finding", "els => els.map(e => e.textContent)")
-        assert sorted(names) == sorted(HOSTILE)
-        page.locator("#bars .finding", has_text="Ödem").click()
-        page.wait_for_function("document.getElementById('status').textContent.includes('Ödem')")
-        assert page.title() != "pwned"
+        with live_server(create_app(hostile_artifact)) as port:
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.set_input_files("#file", str(path))
+            page.wait_for_selector("#heatmap", timeout=30_000)
+            assert page.title() != "pwned"
+            assert page.locator("#bars img, #heat h2 img").count() == 0  # nothing made from a name
+            names = page.eval_on_selector_all(
+                "#bars .finding", "els => els.map(e => e.textContent)"
+            )
+            assert sorted(names) == sorted(HOSTILE)
+            page.locator("#bars .finding", has_text="Ödem").click()
+            page.wait_for_function("document.getElementById('status').textContent.includes('Ödem')")
+            assert page.title() != "pwned"
     finally:
         page.close()
-        server.should_exit = True
-        thread.join(10)
