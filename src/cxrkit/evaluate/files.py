@@ -361,6 +361,13 @@ def score_files(
         if reference == "majority":
             from cxrkit.evaluate.readers import majority_reference
 
+            if len(names) < 3:
+                raise CxrkitError(
+                    f"--reference majority needs at least 3 readers (got {len(names)}): with two, "
+                    "every disagreement is a tie and is left out, so the readers agree with the "
+                    "reference by construction."
+                )
+
             for j in range(len(wanted)):
                 maj, keep = majority_reference(reads[:, :, j])
                 table.y[:, j] = np.where(keep, maj, 0.0)
